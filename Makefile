@@ -1,0 +1,59 @@
+# gpmkit: the one entry point. Every target is idempotent; everything but `setup` depends on it.
+#   make setup   Python env at .venv (pinned, see requirements-dev.txt) + the extension built into it
+#   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
+#   make bench   benchmarks; appends rows to BENCHMARKS.md
+#   make wheel   abi3 wheel into dist/
+
+SHELL := /bin/bash
+PY_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP_ENV := $(VENV)/.deps-stamp
+STAMP_EXT := $(VENV)/.ext-stamp
+RUST_SRC := $(shell find src -name '*.rs') Cargo.toml Cargo.lock pyproject.toml
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup build test lint test-rust test-python bench wheel clean help
+
+help:
+	@sed -n '1,7p' Makefile
+
+$(STAMP_ENV): requirements-dev.txt
+	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	test -x $(UV) || $(PY) -m pip install -q uv==0.13.8
+	$(UV) pip install --python $(PY) -q -r requirements-dev.txt
+	touch $@
+
+$(STAMP_EXT): $(STAMP_ENV) $(RUST_SRC)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/maturin develop --release -q
+	touch $@
+
+setup: $(STAMP_EXT)
+
+build: setup
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches scripts
+	$(VENV)/bin/ruff format --check python tests benches scripts
+
+test-rust: setup
+	cargo test --no-default-features
+
+test-python: setup
+	$(PY) -m pytest -q
+
+test: lint test-rust test-python
+
+bench: setup
+	$(PY) benches/bench_kernels.py
+
+wheel: setup
+	$(VENV)/bin/maturin build --release -q --out dist
+
+clean:
+	rm -rf target dist $(VENV)
