@@ -41,7 +41,7 @@ def active_impl(op: str, device: torch.device | str = "cpu") -> str:
     """
     if op not in OPS:
         raise ArgumentError(f"op: expected one of {', '.join(OPS)}, got {op!r}")
-    dev = torch.device(device).type
+    dev = device.type if isinstance(device, torch.device) else torch.device(device).type
     forced = os.environ.get("GPMKIT_IMPL", "").strip().lower()
     if forced not in ("", "rust", "torch"):
         raise ArgumentError(f"GPMKIT_IMPL: expected 'rust', 'torch' or unset, got {forced!r}")

@@ -1,0 +1,127 @@
+"""Type stubs of the Rust extension ``gpmkit._core`` (hand-written; see src/python/mod.rs).
+
+Low-level kernels over numpy arrays of one dtype (float32 or float64). Every function writes into
+caller-allocated, contiguous output arrays and returns ``None``; optional outputs that are ``None`` are
+not computed. Inputs may be strided (they are read as they are, copied only when not row-major). The
+GIL is released while a kernel runs. Errors: :class:`gpmkit.exceptions.ShapeError`,
+:class:`~gpmkit.exceptions.DTypeError`, :class:`~gpmkit.exceptions.ArgumentError`, and
+:class:`~gpmkit.exceptions.GPMError` for an internal error (a Rust panic never unwinds into Python).
+
+Shapes: N pairs, P prompts, K responses per prompt, D = 2k embedding width.
+Users normally call :mod:`gpmkit.functional` instead, which adds autograd, broadcasting and dispatch.
+"""
+
+from typing import Literal, Optional
+
+import numpy as np
+import numpy.typing as npt
+
+_Arr = npt.NDArray[np.floating]
+_Reduction = Literal["none", "mean", "sum"]
+
+__version__: str
+
+def preference_score(v_i: _Arr, v_j: _Arr, gate: Optional[_Arr], out: _Arr) -> None:
+    """``out[n] = Σ_l gate[n,l] (v_i[n,2l] v_j[n,2l+1] − v_i[n,2l+1] v_j[n,2l])``.
+
+    ``v_i, v_j: [N, D]``, ``gate: [N, k]``, ``out: [N]``.
+    """
+
+def preference_score_backward(
+    grad: _Arr,
+    v_i: _Arr,
+    v_j: _Arr,
+    gate: Optional[_Arr],
+    grad_v_i: Optional[_Arr],
+    grad_v_j: Optional[_Arr],
+    grad_gate: Optional[_Arr],
+) -> None:
+    """``grad_* = grad[n] · ∂s_n/∂*`` (``grad: [N]``; outputs shaped like their inputs)."""
+
+def preference_matrix(v: _Arr, gate: Optional[_Arr], out: _Arr) -> None:
+    """``out[p,i,j] = s(v[p,i] ≻ v[p,j])``; ``v: [P, K, D]``, ``gate: [P, k]``, ``out: [P, K, K]``."""
+
+def preference_matrix_backward(
+    grad: _Arr, v: _Arr, gate: Optional[_Arr], grad_v: Optional[_Arr], grad_gate: Optional[_Arr]
+) -> None:
+    """Backward of :func:`preference_matrix` (``grad: [P, K, K]``)."""
+
+def win_score(v: _Arr, weights: Optional[_Arr], gate: Optional[_Arr], out: _Arr) -> None:
+    """``out[p,i] = Σ_j w[p,j] s(v[p,i] ≻ v[p,j])`` in O(K·D) (uniform ``1/K`` without weights); ``out: [P, K]``."""
+
+def win_score_backward(
+    grad: _Arr,
+    v: _Arr,
+    weights: Optional[_Arr],
+    gate: Optional[_Arr],
+    grad_v: Optional[_Arr],
+    grad_weights: Optional[_Arr],
+    grad_gate: Optional[_Arr],
+) -> None:
+    """Backward of :func:`win_score` (``grad: [P, K]``)."""
+
+def gpm_loss(
+    v_chosen: _Arr,
+    v_rejected: _Arr,
+    gate: Optional[_Arr],
+    margin: Optional[_Arr],
+    label: Optional[_Arr],
+    tau: float,
+    reduction: _Reduction,
+    loss: _Arr,
+    coef: Optional[_Arr] = None,
+    grad_chosen: Optional[_Arr] = None,
+    grad_rejected: Optional[_Arr] = None,
+    grad_gate: Optional[_Arr] = None,
+    grad_margin: Optional[_Arr] = None,
+    grad_label: Optional[_Arr] = None,
+) -> None:
+    """Fused GPM loss ``softplus(−z) + (1−p)·z``, ``z = (s − m)/τ``, and its gradient in one pass.
+
+    ``loss`` is ``[N]`` for ``reduction='none'`` and ``[1]`` otherwise. Each gradient output receives the
+    gradient of that loss for a unit upstream gradient (scaled by ``1/N`` for ``'mean'``); ``coef`` receives
+    ``∂loss/∂s`` per pair.
+    """
+
+def bt_loss(
+    r_chosen: _Arr,
+    r_rejected: _Arr,
+    margin: Optional[_Arr],
+    label: Optional[_Arr],
+    tau: float,
+    reduction: _Reduction,
+    loss: _Arr,
+    coef: Optional[_Arr] = None,
+    grad_chosen: Optional[_Arr] = None,
+    grad_rejected: Optional[_Arr] = None,
+    grad_margin: Optional[_Arr] = None,
+    grad_label: Optional[_Arr] = None,
+) -> None:
+    """Fused Bradley-Terry loss on scalar rewards ``[N]`` (``s = r_chosen − r_rejected``)."""
+
+def policy_loss(
+    logp: _Arr,
+    ref_logp: _Arr,
+    target: _Arr,
+    lengths: Optional[_Arr],
+    beta: float,
+    offset: float,
+    gamma: float,
+    clamp: Optional[float],
+    reduction: _Reduction,
+    loss: _Arr,
+    grad_logp: Optional[_Arr] = None,
+    grad_ref_logp: Optional[_Arr] = None,
+    grad_target: Optional[_Arr] = None,
+    grad_lengths: Optional[_Arr] = None,
+) -> None:
+    """Fused GPO/SPPO loss ``((logp − ref_logp)·lengths^{−γ} − clamp((target − offset)/β, ±clamp))²``."""
+
+def set_num_threads(n: int) -> None:
+    """Threads of the kernels' own pool (0 = default: GPMKIT_NUM_THREADS, RAYON_NUM_THREADS or the CPU count)."""
+
+def get_num_threads() -> int:
+    """Threads of the kernels' own pool. Results are bit-identical for any value."""
+
+def _panic(message: str, in_pool: bool = False) -> None:
+    """Test hook: panics inside Rust; surfaces as :class:`gpmkit.exceptions.GPMError`."""
