@@ -1,8 +1,8 @@
 # gpmkit: the one entry point. Every target is idempotent; everything but `setup` depends on it.
 #   make setup   Python env at .venv (pinned, see requirements-dev.txt) + the extension built into it
 #   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
-#   make bench   benchmarks; appends rows to BENCHMARKS.md
-#   make wheel   abi3 wheel into dist/
+#   make bench   benchmarks vs PyTorch (appends a section to BENCHMARKS.md) + criterion benches of the kernels
+#   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
 
 SHELL := /bin/bash
 PY_BOOT ?= python3
@@ -16,10 +16,10 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup build test lint test-rust test-python bench wheel clean help
+.PHONY: setup build test lint test-rust test-python bench bench-rust wheel clean help
 
 help:
-	@sed -n '1,7p' Makefile
+	@sed -n '1,/^$$/p' Makefile
 
 $(STAMP_ENV): requirements-dev.txt
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
@@ -44,15 +44,20 @@ lint: setup
 test-rust: setup
 	cargo test --no-default-features
 
-test-python: setup
+test-python: setup wheel
 	$(PY) -m pytest -q
 
 test: lint test-rust test-python
 
 bench: setup
-	$(PY) benches/bench_kernels.py
+	$(PY) benches/bench_kernels.py --threads 2
+	$(MAKE) bench-rust
+
+bench-rust:
+	cargo bench --no-default-features --bench kernels -- --warm-up-time 1 --measurement-time 3
 
 wheel: setup
+	rm -f dist/gpmkit-*.whl
 	$(VENV)/bin/maturin build --release -q --out dist
 
 clean:

@@ -12,6 +12,7 @@
 //! `src/python/` behind the default `python` feature and contain no math.
 
 pub mod error;
+pub mod fastmath;
 pub mod loss;
 pub mod parallel;
 pub mod score;
@@ -22,9 +23,36 @@ mod python;
 pub use error::{GpmError, Result};
 
 /// The floating-point types the kernels are instantiated for.
-pub trait Real: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::fmt::Debug + 'static {}
-impl Real for f32 {}
-impl Real for f64 {}
+pub trait Real: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::fmt::Debug + 'static {
+    /// `e^{−|x|}`, in `(0, 1]`.
+    fn exp_neg_abs(self) -> Self;
+    /// `ln(1 + e)` for `e ∈ [0, 1]`.
+    fn ln_1p_unit(self) -> Self;
+}
+
+/// `f32`: vectorisable approximations within 2 ulp ([`fastmath`]).
+impl Real for f32 {
+    #[inline(always)]
+    fn exp_neg_abs(self) -> Self {
+        fastmath::exp_neg_abs_f32(self)
+    }
+    #[inline(always)]
+    fn ln_1p_unit(self) -> Self {
+        fastmath::ln_1p_unit_f32(self)
+    }
+}
+
+/// `f64`: the correctly rounded libm functions (f64 is the precision gradients are checked in).
+impl Real for f64 {
+    #[inline(always)]
+    fn exp_neg_abs(self) -> Self {
+        (-self.abs()).exp()
+    }
+    #[inline(always)]
+    fn ln_1p_unit(self) -> Self {
+        self.ln_1p()
+    }
+}
 
 /// Converts a count or a scalar parameter into `F`.
 #[inline]

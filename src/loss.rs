@@ -12,7 +12,9 @@
 
 use crate::error::{GpmError, Result};
 use crate::parallel::{map_ordered, n_chunks, split_opt};
-use crate::score::{check_dims, check_width, contiguous, out_slice, score_row, score_row_backward, PAIR_CHUNK};
+use crate::score::{
+    by_width, check_dims, check_width, contiguous, out_slice, score_row, score_row_backward, width, PAIR_CHUNK,
+};
 use crate::{cast, Real};
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 use std::str::FromStr;
@@ -73,21 +75,19 @@ fn check_loss_out<F: Real>(loss: &ArrayViewMut1<F>, n: usize, red: Reduction) ->
     check_dims("loss", loss.shape(), &[want], "[N] for reduction='none', [1] otherwise")
 }
 
-/// `log(1 + e^x)` without overflow.
-#[inline(always)]
-fn softplus<F: Real>(x: F) -> F {
-    x.max(F::zero()) + (-x.abs()).exp().ln_1p()
-}
+/// Rows per tile of the pair-loss loop: scores for a tile first, then the element-wise logistic part
+/// in a loop LLVM vectorises, then the gradient rows.
+const TILE: usize = 64;
 
-/// `σ(x)` without overflow.
+/// `(softplus(−z), σ(−z))` from one `e^{−|z|}`: `softplus(−z) = max(−z, 0) + ln(1 + e^{−|z|})`,
+/// `σ(−z) = e^{−|z|}/(1 + e^{−|z|})` for `z ≥ 0` and `1/(1 + e^{−|z|})` otherwise. No overflow anywhere.
 #[inline(always)]
-fn sigmoid<F: Real>(x: F) -> F {
-    if x >= F::zero() {
-        F::one() / (F::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (F::one() + e)
-    }
+fn softplus_sigmoid_neg<F: Real>(z: F) -> (F, F) {
+    let e = z.exp_neg_abs();
+    let inv = F::one() / (F::one() + e);
+    let sig = if z >= F::zero() { e * inv } else { inv };
+    let relu = if z < F::zero() { -z } else { F::zero() }; // a select; NaN still propagates through e
+    (relu + e.ln_1p_unit(), sig)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -101,26 +101,29 @@ trait PairScorer<F: Real>: Sync {
     fn backward(&self, r: usize, g: F, gc: Option<&mut [F]>, gr: Option<&mut [F]>, gg: Option<&mut [F]>);
 }
 
-struct GpmScorer<'a, F> {
+/// GPM scores of embedding pairs; `D` is the compile-time width (0 = `d`, see `score::by_width`).
+struct GpmScorer<'a, F, const D: usize> {
     vc: &'a [F],
     vr: &'a [F],
     gate: Option<&'a [F]>,
     d: usize,
-    k: usize,
 }
 
-impl<F: Real> PairScorer<F> for GpmScorer<'_, F> {
+impl<F: Real, const D: usize> PairScorer<F> for GpmScorer<'_, F, D> {
     fn widths(&self) -> (usize, usize) {
-        (self.d, self.k)
+        let d = width::<D>(self.d);
+        (d, d / 2)
     }
     #[inline(always)]
     fn score(&self, r: usize) -> F {
-        let (d, k) = (self.d, self.k);
+        let d = width::<D>(self.d);
+        let k = d / 2;
         score_row(&self.vc[r * d..(r + 1) * d], &self.vr[r * d..(r + 1) * d], self.gate.map(|g| &g[r * k..(r + 1) * k]))
     }
     #[inline(always)]
     fn backward(&self, r: usize, g: F, gc: Option<&mut [F]>, gr: Option<&mut [F]>, gg: Option<&mut [F]>) {
-        let (d, k) = (self.d, self.k);
+        let d = width::<D>(self.d);
+        let k = d / 2;
         score_row_backward(
             g,
             &self.vc[r * d..(r + 1) * d],
@@ -175,17 +178,14 @@ impl<F> Default for PairLossGrads<'_, F> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn pair_loss_core<F: Real, S: PairScorer<F>>(
     n: usize,
     scorer: &S,
-    margin: Option<&[F]>,
-    label: Option<&[F]>,
-    tau: f64,
-    red: Reduction,
+    inputs: PairInputs<'_, F>,
     loss: &mut [F],
     grads: PairLossGrads<'_, F>,
 ) -> Result<()> {
+    let PairInputs { margin, label, tau, reduction: red } = inputs;
     let (dw, kw) = scorer.widths();
     let nc = n_chunks(n, PAIR_CHUNK);
     let per_elem = red == Reduction::None;
@@ -196,6 +196,7 @@ fn pair_loss_core<F: Real, S: PairScorer<F>>(
     let gg = split_opt(out_slice("grad_gate", grads.gate)?, PAIR_CHUNK * kw, nc);
     let gm = split_opt(out_slice("grad_margin", grads.margin)?, PAIR_CHUNK, nc);
     let gl = split_opt(out_slice("grad_label", grads.label)?, PAIR_CHUNK, nc);
+    let need_s_grad = grads_needed(&gc) || grads_needed(&gr) || grads_needed(&gg);
     let items: Vec<_> = loss_chunks.into_iter().zip(coef).zip(gc).zip(gr).zip(gg).zip(gm).zip(gl).collect();
     let tau_f: F = cast(tau);
     let scale: F = cast(red.scale(n));
@@ -203,40 +204,60 @@ fn pair_loss_core<F: Real, S: PairScorer<F>>(
         let r0 = c * PAIR_CHUNK;
         let rows = (n - r0).min(PAIR_CHUNK);
         let mut acc = 0.0f64;
-        for t in 0..rows {
-            let r = r0 + t;
-            let s = scorer.score(r);
-            let z = match margin {
-                Some(m) => (s - m[r]) / tau_f,
-                None => s / tau_f,
-            };
-            let (l, dz) = match label {
-                None => (softplus(-z), -sigmoid(-z)),
-                Some(p) => (softplus(-z) + (F::one() - p[r]) * z, sigmoid(z) - p[r]),
-            };
-            if let Some(lo) = lo.as_deref_mut() {
-                lo[t] = l;
-            } else {
-                acc += l.to_f64().unwrap_or(f64::NAN);
+        let (mut zb, mut lb, mut cb) = ([F::zero(); TILE], [F::zero(); TILE], [F::zero(); TILE]);
+        for t0 in (0..rows).step_by(TILE) {
+            let m = (rows - t0).min(TILE);
+            let rr = r0 + t0..r0 + t0 + m; // global rows of this tile
+                                           // 1. scores → z = (s − m)/τ
+            for (t, z) in zb[..m].iter_mut().enumerate() {
+                *z = scorer.score(rr.start + t);
             }
-            let cf = dz / tau_f * scale;
+            match margin {
+                Some(mg) => zb[..m].iter_mut().zip(&mg[rr.clone()]).for_each(|(z, &m)| *z = (*z - m) / tau_f),
+                None => zb[..m].iter_mut().for_each(|z| *z = *z / tau_f),
+            }
+            // 2. ℓ and ∂ℓ/∂s, element-wise (vectorised)
+            match label {
+                None => {
+                    for ((&z, l), cf) in zb[..m].iter().zip(&mut lb[..m]).zip(&mut cb[..m]) {
+                        let (sp, sig) = softplus_sigmoid_neg(z);
+                        *l = sp;
+                        *cf = -sig / tau_f * scale;
+                    }
+                }
+                Some(p) => {
+                    for (((&z, &p), l), cf) in zb[..m].iter().zip(&p[rr.clone()]).zip(&mut lb[..m]).zip(&mut cb[..m]) {
+                        let (sp, sig) = softplus_sigmoid_neg(z);
+                        *l = sp + (F::one() - p) * z;
+                        *cf = ((F::one() - sig) - p) / tau_f * scale;
+                    }
+                }
+            }
+            match lo.as_deref_mut() {
+                Some(lo) => lo[t0..t0 + m].copy_from_slice(&lb[..m]),
+                None => acc += lb[..m].iter().fold(0.0f64, |a, &l| a + l.to_f64().unwrap_or(f64::NAN)),
+            }
+            // 3. gradient rows
             if let Some(co) = co.as_deref_mut() {
-                co[t] = cf;
+                co[t0..t0 + m].copy_from_slice(&cb[..m]);
             }
             if let Some(gm) = gm.as_deref_mut() {
-                gm[t] = -cf;
+                gm[t0..t0 + m].iter_mut().zip(&cb[..m]).for_each(|(g, &cf)| *g = -cf);
             }
             if let Some(gl) = gl.as_deref_mut() {
-                gl[t] = -z * scale;
+                gl[t0..t0 + m].iter_mut().zip(&zb[..m]).for_each(|(g, &z)| *g = -z * scale);
             }
-            if gc.is_some() || gr.is_some() || gg.is_some() {
-                scorer.backward(
-                    r,
-                    cf,
-                    gc.as_deref_mut().map(|s| &mut s[t * dw..(t + 1) * dw]),
-                    gr.as_deref_mut().map(|s| &mut s[t * dw..(t + 1) * dw]),
-                    gg.as_deref_mut().map(|s| &mut s[t * kw..(t + 1) * kw]),
-                );
+            if need_s_grad {
+                for (t, &cf) in cb[..m].iter().enumerate() {
+                    let (tt, r) = (t0 + t, rr.start + t);
+                    scorer.backward(
+                        r,
+                        cf,
+                        gc.as_deref_mut().map(|s| &mut s[tt * dw..(tt + 1) * dw]),
+                        gr.as_deref_mut().map(|s| &mut s[tt * dw..(tt + 1) * dw]),
+                        gg.as_deref_mut().map(|s| &mut s[tt * kw..(tt + 1) * kw]),
+                    );
+                }
             }
         }
         acc
@@ -246,6 +267,10 @@ fn pair_loss_core<F: Real, S: PairScorer<F>>(
         loss[0] = cast(red.finish(sum, n));
     }
     Ok(())
+}
+
+fn grads_needed<T>(chunks: &[Option<T>]) -> bool {
+    chunks.iter().any(Option::is_some)
 }
 
 fn check_pair_grads<F: Real>(g: &PairLossGrads<'_, F>, n: usize, d: usize, k: Option<usize>) -> Result<()> {
@@ -294,24 +319,39 @@ pub fn gpm_loss<F: Real>(
     let (vc, vr) = (contiguous(v_chosen), contiguous(v_rejected));
     let gate = gate.map(contiguous);
     let (margin, label) = (margin.map(contiguous), label.map(contiguous));
-    let scorer = GpmScorer {
-        vc: vc.as_slice().expect("contiguous"),
-        vr: vr.as_slice().expect("contiguous"),
-        gate: gate.as_ref().map(|g| g.as_slice().expect("contiguous")),
-        d,
-        k,
-    };
     let loss = out_slice("loss", Some(loss))?.expect("given");
-    pair_loss_core(
-        n,
-        &scorer,
-        margin.as_ref().and_then(|m| m.as_slice()),
-        label.as_ref().and_then(|m| m.as_slice()),
+    let inputs = PairInputs {
+        margin: margin.as_ref().and_then(|m| m.as_slice()),
+        label: label.as_ref().and_then(|m| m.as_slice()),
         tau,
         reduction,
-        loss,
-        grads,
-    )
+    };
+    let (vc, vr) = (vc.as_slice().expect("contiguous"), vr.as_slice().expect("contiguous"));
+    let gate = gate.as_ref().map(|g| g.as_slice().expect("contiguous"));
+    by_width!(d, gpm_pairs::<F>(n, vc, vr, gate, d, inputs, loss, grads))
+}
+
+/// Margin, label and parameters shared by the pairwise losses.
+struct PairInputs<'a, F> {
+    margin: Option<&'a [F]>,
+    label: Option<&'a [F]>,
+    tau: f64,
+    reduction: Reduction,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gpm_pairs<F: Real, const D: usize>(
+    n: usize,
+    vc: &[F],
+    vr: &[F],
+    gate: Option<&[F]>,
+    d: usize,
+    inputs: PairInputs<'_, F>,
+    loss: &mut [F],
+    grads: PairLossGrads<'_, F>,
+) -> Result<()> {
+    let scorer: GpmScorer<'_, F, D> = GpmScorer { vc, vr, gate, d };
+    pair_loss_core(n, &scorer, inputs, loss, grads)
 }
 
 /// Bradley-Terry loss over pairs of scalar rewards (`r_chosen`, `r_rejected: [N]`), fused with its
@@ -338,16 +378,13 @@ pub fn bt_loss<F: Real>(
     let (margin, label) = (margin.map(contiguous), label.map(contiguous));
     let scorer = BtScorer { rc: rc.as_slice().expect("contiguous"), rr: rr.as_slice().expect("contiguous") };
     let loss = out_slice("loss", Some(loss))?.expect("given");
-    pair_loss_core(
-        n,
-        &scorer,
-        margin.as_ref().and_then(|m| m.as_slice()),
-        label.as_ref().and_then(|m| m.as_slice()),
+    let inputs = PairInputs {
+        margin: margin.as_ref().and_then(|m| m.as_slice()),
+        label: label.as_ref().and_then(|m| m.as_slice()),
         tau,
         reduction,
-        loss,
-        grads,
-    )
+    };
+    pair_loss_core(n, &scorer, inputs, loss, grads)
 }
 
 // ---------------------------------------------------------------------------------------------------

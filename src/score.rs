@@ -17,6 +17,34 @@ use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, 
 /// the thread count.
 pub const PAIR_CHUNK: usize = 4096;
 
+/// The embedding width a kernel instantiation runs with: the compile-time `D`, or `d` when `D = 0`.
+///
+/// Kernels are instantiated for the common widths 2, 4, 6, 8 and 16 (see [`by_width`]) so that the
+/// per-row loops have constant trip counts and unroll; any other width runs the `D = 0` version.
+#[inline(always)]
+pub(crate) const fn width<const D: usize>(d: usize) -> usize {
+    if D == 0 {
+        d
+    } else {
+        D
+    }
+}
+
+/// Calls `f::<F, D>(args)` with `D` the compile-time width for common `d`, or `D = 0`.
+macro_rules! by_width {
+    ($d:expr, $f:ident::<$F:ty>($($a:expr),* $(,)?)) => {
+        match $d {
+            2 => $f::<$F, 2>($($a),*),
+            4 => $f::<$F, 4>($($a),*),
+            6 => $f::<$F, 6>($($a),*),
+            8 => $f::<$F, 8>($($a),*),
+            16 => $f::<$F, 16>($($a),*),
+            _ => $f::<$F, 0>($($a),*),
+        }
+    };
+}
+pub(crate) use by_width;
+
 /// `Σ_l λ_l (a[2l] b[2l+1] − a[2l+1] b[2l])`, with `λ = 1` when `lam` is `None`.
 #[inline(always)]
 pub fn score_row<F: Real>(a: &[F], b: &[F], lam: Option<&[F]>) -> F {
@@ -36,8 +64,7 @@ pub fn score_row<F: Real>(a: &[F], b: &[F], lam: Option<&[F]>) -> F {
     s
 }
 
-/// Accumulates `g · ∂s(a,b)/∂(a, b, λ)` into the optional row buffers (`+=` for `ga`/`gb`, `=` for `gl`
-/// unless `accumulate_gate`).
+/// Writes `g · ∂s(a, b)/∂a`, `g · ∂s/∂b` and `g · ∂s/∂λ` into the row buffers that are given.
 #[inline(always)]
 pub(crate) fn score_row_backward<F: Real>(
     g: F,
@@ -48,24 +75,35 @@ pub(crate) fn score_row_backward<F: Real>(
     gb: Option<&mut [F]>,
     gl: Option<&mut [F]>,
 ) {
-    let k = a.len() / 2;
-    if let Some(ga) = ga {
-        for l in 0..k {
-            let gl_ = lam.map_or(g, |lam| g * lam[l]);
-            ga[2 * l] = gl_ * b[2 * l + 1];
-            ga[2 * l + 1] = -(gl_ * b[2 * l]);
+    // ∂s/∂a[2l] = λ_l b[2l+1], ∂s/∂a[2l+1] = −λ_l b[2l], ∂s/∂b[2l] = −λ_l a[2l+1], ∂s/∂b[2l+1] = λ_l a[2l]
+    #[inline(always)]
+    fn rot_into<F: Real>(out: &mut [F], x: &[F], lam: Option<&[F]>, g: F, sign: F) {
+        match lam {
+            None => {
+                let c = g * sign;
+                for (o, y) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)) {
+                    o[0] = c * y[1];
+                    o[1] = -(c * y[0]);
+                }
+            }
+            Some(lam) => {
+                for ((o, y), &l) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(lam) {
+                    let c = g * l * sign;
+                    o[0] = c * y[1];
+                    o[1] = -(c * y[0]);
+                }
+            }
         }
+    }
+    if let Some(ga) = ga {
+        rot_into(ga, b, lam, g, F::one());
     }
     if let Some(gb) = gb {
-        for l in 0..k {
-            let gl_ = lam.map_or(g, |lam| g * lam[l]);
-            gb[2 * l + 1] = gl_ * a[2 * l];
-            gb[2 * l] = -(gl_ * a[2 * l + 1]);
-        }
+        rot_into(gb, a, lam, g, -F::one());
     }
     if let Some(gl) = gl {
-        for l in 0..k {
-            gl[l] = g * (a[2 * l] * b[2 * l + 1] - a[2 * l + 1] * b[2 * l]);
+        for ((o, x), y) in gl.iter_mut().zip(a.chunks_exact(2)).zip(b.chunks_exact(2)) {
+            *o = g * (x[0] * y[1] - x[1] * y[0]);
         }
     }
 }
@@ -144,15 +182,21 @@ pub fn preference_score<F: Real>(
     let gate = gate.map(contiguous);
     let (vi, vj, gate) = (slice_of(&vi), slice_of(&vj), gate.as_ref().map(slice_of));
     let out = out_slice("out", Some(out))?.expect("given");
+    by_width!(d, score_pairs::<F>(vi, vj, gate, out, d));
+    Ok(())
+}
+
+fn score_pairs<F: Real, const D: usize>(vi: &[F], vj: &[F], gate: Option<&[F]>, out: &mut [F], d: usize) {
     let chunks: Vec<&mut [F]> = out.chunks_mut(PAIR_CHUNK).collect();
     map_ordered(chunks, |c, o| {
+        let d = width::<D>(d);
+        let k = d / 2;
         let r0 = c * PAIR_CHUNK;
         for (t, s) in o.iter_mut().enumerate() {
             let r = r0 + t;
             *s = score_row(&vi[r * d..(r + 1) * d], &vj[r * d..(r + 1) * d], gate.map(|g| &g[r * k..(r + 1) * k]));
         }
     });
-    Ok(())
 }
 
 /// Backward of [`preference_score`]: `grad_* = grad[n] · ∂s_n/∂*`. Outputs that are `None` are skipped.
@@ -191,7 +235,24 @@ pub fn preference_score_backward<F: Real>(
     let gvj = split_opt(out_slice("grad_v_j", grad_v_j)?, PAIR_CHUNK * d, nc);
     let ggt = split_opt(out_slice("grad_gate", grad_gate)?, PAIR_CHUNK * k, nc);
     let items: Vec<_> = gvi.into_iter().zip(gvj).zip(ggt).collect();
+    by_width!(d, score_pairs_backward::<F>(grad, vi, vj, gate, items, d));
+    Ok(())
+}
+
+type Outs3<'a, F> = ((Option<&'a mut [F]>, Option<&'a mut [F]>), Option<&'a mut [F]>);
+
+fn score_pairs_backward<F: Real, const D: usize>(
+    grad: &[F],
+    vi: &[F],
+    vj: &[F],
+    gate: Option<&[F]>,
+    items: Vec<Outs3<'_, F>>,
+    d: usize,
+) {
+    let n = grad.len();
     map_ordered(items, |c, ((mut a, mut b), mut l)| {
+        let d = width::<D>(d);
+        let k = d / 2;
         let r0 = c * PAIR_CHUNK;
         let rows = (n - r0).min(PAIR_CHUNK);
         for t in 0..rows {
@@ -207,7 +268,6 @@ pub fn preference_score_backward<F: Real>(
             );
         }
     });
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -225,7 +285,7 @@ fn check_population<F: Real>(v: &ArrayView3<F>, gate: &Option<ArrayView2<F>>) ->
 
 /// `out[p, i, j] = s(v[p,i] ≻ v[p,j])` with the prompt's gate `gate[p]`.
 pub fn preference_matrix<F: Real>(v: ArrayView3<F>, gate: Option<ArrayView2<F>>, out: ArrayViewMut3<F>) -> Result<()> {
-    let (p, kk, d, k) = check_population(&v, &gate)?;
+    let (p, kk, d, _k) = check_population(&v, &gate)?;
     check_dims("out", out.shape(), &[p, kk, kk], "[P, K, K]")?;
     let v = contiguous(v);
     let gate = gate.map(contiguous);
@@ -234,8 +294,15 @@ pub fn preference_matrix<F: Real>(v: ArrayView3<F>, gate: Option<ArrayView2<F>>,
     if kk == 0 {
         return Ok(());
     }
+    by_width!(d, matrix_rows::<F>(v, gate, out, kk, d));
+    Ok(())
+}
+
+fn matrix_rows<F: Real, const D: usize>(v: &[F], gate: Option<&[F]>, out: &mut [F], kk: usize, d: usize) {
     let chunks: Vec<&mut [F]> = out.chunks_mut(MATRIX_ROW_CHUNK * kk).collect();
     map_ordered(chunks, |c, o| {
+        let d = width::<D>(d);
+        let k = d / 2;
         for (t, row) in o.chunks_mut(kk).enumerate() {
             let r = c * MATRIX_ROW_CHUNK + t; // global row = prompt * K + i
             let pr = r / kk;
@@ -247,7 +314,6 @@ pub fn preference_matrix<F: Real>(v: ArrayView3<F>, gate: Option<ArrayView2<F>>,
             }
         }
     });
-    Ok(())
 }
 
 /// Backward of [`preference_matrix`].
@@ -285,8 +351,37 @@ pub fn preference_matrix_backward<F: Real>(
     let pslices = split_opt(if grad_gate.is_some() { Some(&mut partial[..]) } else { None }, MATRIX_ROW_CHUNK * k, nc);
     let gvs = split_opt(grad_v, MATRIX_ROW_CHUNK * d, nc);
     let items: Vec<_> = gvs.into_iter().zip(pslices).collect();
+    by_width!(d, matrix_rows_backward::<F>(gr, v, gate, items, kk, d));
+    if let Some(gg) = grad_gate {
+        for pr in 0..p {
+            let out = &mut gg[pr * k..(pr + 1) * k];
+            out.iter_mut().for_each(|x| *x = F::zero());
+            for m in 0..kk {
+                let row = &partial[(pr * kk + m) * k..(pr * kk + m + 1) * k];
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o = *o + x;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+type Outs2<'a, F> = (Option<&'a mut [F]>, Option<&'a mut [F]>);
+
+fn matrix_rows_backward<F: Real, const D: usize>(
+    gr: &[F],
+    v: &[F],
+    gate: Option<&[F]>,
+    items: Vec<Outs2<'_, F>>,
+    kk: usize,
+    d: usize,
+) {
+    let rows = v.len() / width::<D>(d);
     let half: F = cast(0.5);
     map_ordered(items, |c, (mut gv, mut gp)| {
+        let d = width::<D>(d);
+        let k = d / 2;
         let mut h = vec![F::zero(); d];
         let r0 = c * MATRIX_ROW_CHUNK;
         let nrows = (rows - r0).min(MATRIX_ROW_CHUNK);
@@ -321,19 +416,6 @@ pub fn preference_matrix_backward<F: Real>(
             }
         }
     });
-    if let Some(gg) = grad_gate {
-        for pr in 0..p {
-            let out = &mut gg[pr * k..(pr + 1) * k];
-            out.iter_mut().for_each(|x| *x = F::zero());
-            for m in 0..kk {
-                let row = &partial[(pr * kk + m) * k..(pr * kk + m + 1) * k];
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o = *o + x;
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------
