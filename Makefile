@@ -38,8 +38,8 @@ build: setup
 lint: setup
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benches scripts
-	$(VENV)/bin/ruff format --check python tests benches scripts
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
 
 test-rust: setup
 	cargo test --no-default-features

@@ -27,11 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import gpmkit
 import gpmkit.functional as F
+import numpy as np
+import torch
 from gpmkit import _reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,9 +137,9 @@ def bench_population(p, kk, rounds, with_compile, bw):
     g_win = torch.randn(p, kk)
     rows = []
     for name, rust, torch_fn, g_out, moved in (
-        ("preference_matrix", F.preference_matrix, ref.preference_matrix, g_mat, 4 * (2 * p * kk * kk + 2 * p * kk * d)),
+        ("preference_matrix", F.preference_matrix, ref.preference_matrix, g_mat, 4 * 2 * p * kk * (kk + d)),
         ("win_score", lambda v, g: F.win_score(v, None, g), lambda v, g: ref.win_score(v, None, g), g_win,
-         4 * (2 * p * kk + 2 * p * kk * d)),
+         4 * 2 * p * kk * (1 + d)),
     ):  # fmt: skip
 
         def mk(fn, g_out=g_out):
@@ -181,9 +180,12 @@ def render(rows, overhead, bw, threads, quick) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append(f"## {now}: `python benches/bench_kernels.py --threads {threads}{' --quick' if quick else ''}`")
     lines.append("")
+    versions = (
+        f"gpmkit {gpmkit.__version__}, torch {torch.__version__}, numpy {np.__version__}, rustc {rustc_version()}, "
+        f"Python {platform.python_version()}"
+    )
     lines.append(
-        f"{cpu_name()}, {os.cpu_count()} CPUs, {threads} thread(s) for torch and gpmkit; gpmkit {gpmkit.__version__}, "
-        f"torch {torch.__version__}, numpy {np.__version__}, rustc {rustc_version()}, Python {platform.python_version()}. "
+        f"{cpu_name()}, {os.cpu_count()} CPUs, {threads} thread(s) for torch and gpmkit; {versions}. "
         f"Copy bandwidth (1 thread, read+write): **{bw / 1e9:.1f} GB/s**."
     )
     lines.append("")
@@ -235,7 +237,7 @@ def main() -> None:
     rounds = 3 if args.quick else args.rounds
     with_compile = not args.quick
 
-    print(f"measuring copy bandwidth ... ", end="", flush=True, file=sys.stderr)
+    print("measuring copy bandwidth ... ", end="", flush=True, file=sys.stderr)
     bw = copy_bandwidth()
     print(f"{bw / 1e9:.1f} GB/s", file=sys.stderr)
     sizes = [4096] if args.quick else [4096, 65536, 262144]

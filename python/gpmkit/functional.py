@@ -119,7 +119,7 @@ def _flat(t: Optional[Tensor], batch: torch.Size, tail: tuple, dtype: torch.dtyp
     if t is None:
         return None
     if t.dim() != 1 + len(tail) or t.shape[:1] != batch:  # already [N, *tail] when nothing broadcasts
-        t = t.expand(*batch, *tail).reshape(-1, *tail)
+        t = t.expand(*batch, *tail).reshape(math.prod(batch), *tail)
     return t if t.dtype == dtype else t.to(dtype)
 
 
@@ -297,7 +297,7 @@ def gpm_loss(
         _flat(margin, batch, (), kd),
         _flat(label, batch, (), kd),
     )
-    loss = _cpu.call("gpm_loss", *args, tau, reduction, *_needs(*args))[0]
+    loss = _cpu.call("gpm_loss", *args, tau, reduction, *_needs(*args))
     return _finish(loss, batch if reduction == "none" else (), dtype)
 
 
@@ -324,7 +324,7 @@ def bt_loss(
         return ref.bt_loss(r_chosen, r_rejected, tau, margin, label, reduction)
     kd = _kernel_dtype(dtype)
     args = tuple(_flat(t, batch, (), kd) for t in named.values())
-    loss = _cpu.call("bt_loss", *args, tau, reduction, *_needs(*args))[0]
+    loss = _cpu.call("bt_loss", *args, tau, reduction, *_needs(*args))
     return _finish(loss, batch if reduction == "none" else (), dtype)
 
 
@@ -348,7 +348,7 @@ def _policy(op, logp, ref_logp, target, target_name, beta, lengths, gamma, clamp
     kd = _kernel_dtype(dtype)
     args = tuple(_flat(t, batch, (), kd) for t in named.values())
     clamp = None if clamp is None else float(clamp)
-    loss = _cpu.call("policy_loss", *args, beta, offset, float(gamma), clamp, reduction, *_needs(*args))[0]
+    loss = _cpu.call("policy_loss", *args, beta, offset, float(gamma), clamp, reduction, *_needs(*args))
     return _finish(loss, batch if reduction == "none" else (), dtype)
 
 
@@ -375,10 +375,13 @@ def gpo_loss(
         clamp: optional bound on the regression target ŝ/β.
         reduction: ``'mean'`` (the paper's 1/N Σ), ``'sum'`` or ``'none'``.
     """
-    out, plain = _policy(
-        "gpo_loss", logp, ref_logp, win_score, "win_score", beta, lengths, gamma, clamp, 0.0, reduction
+
+    def fallback(lp, rl, target, ln):
+        return ref.gpo_loss(lp, rl, target, beta, ln, gamma, clamp, reduction)
+
+    return _policy(
+        "gpo_loss", logp, ref_logp, win_score, "win_score", beta, lengths, gamma, clamp, 0.0, reduction, fallback
     )
-    return out if out is not None else ref.gpo_loss(*plain[:3], beta, plain[3], gamma, clamp, reduction)
 
 
 def sppo_loss(logp: Tensor, ref_logp: Tensor, win_prob: Tensor, beta: float, reduction: str = "mean") -> Tensor:

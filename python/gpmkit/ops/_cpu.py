@@ -35,17 +35,22 @@ _IMPLS: dict[str, Callable] = {}
 _FUNCTIONS: dict[str, type] = {}
 
 
-def call(op: str, *args):
-    """Run operator ``op``: the custom operator while compiling, else the autograd function (when a
-    gradient is needed) or the bare implementation."""
+def call(op: str, *args) -> Tensor:
+    """Run operator ``op`` and return its result (for the losses: the loss alone). While compiling this is
+    the custom operator; in eager mode the autograd function when a gradient is needed, else the bare
+    implementation."""
     if torch.compiler.is_compiling():
-        return getattr(torch.ops.gpmkit, op)(*args)
-    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
-        return _FUNCTIONS[op].apply(*args)
-    return _IMPLS[op](*args)
+        out = getattr(torch.ops.gpmkit, op)(*args)
+    elif torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        out = _FUNCTIONS[op].apply(*args)
+    else:
+        out = _IMPLS[op](*args)
+    return out[0] if isinstance(out, tuple) else out
 
 
-def _register(name: str, impl: Callable, fake: Callable, setup: Callable, backward: Callable) -> None:
+def _register(
+    name: str, impl: Callable, fake: Callable, setup: Callable, backward: Callable, eager: bool = True
+) -> None:
     """Register ``impl`` as ``torch.ops.gpmkit.<name>`` and as an autograd function with one backward.
 
     Multi-output implementations may return ``None`` for outputs nobody asked for (cheaper in eager
@@ -67,6 +72,8 @@ def _register(name: str, impl: Callable, fake: Callable, setup: Callable, backwa
         return out
 
     _IMPLS[name] = impl
+    if not eager:
+        return
     _FUNCTIONS[name] = type(
         f"{name}_function",
         (torch.autograd.Function,),
@@ -97,11 +104,14 @@ def _is_one(g: Tensor) -> bool:
     return type(g) is Tensor and g.numel() == 1 and g.device.type == "cpu" and g.item() == 1.0
 
 
-def _scale(g: Tensor, t: Tensor) -> Tensor:
-    """Chain rule for a saved derivative ``t``: ``g * t``, without the pass when ``g`` is exactly 1."""
-    if _is_one(g):
-        return t
-    return g * t
+def _refuse_double_backward(grad: Tensor) -> None:
+    """The backward formulas are kernels, not differentiable expressions: refuse ``create_graph=True``
+    instead of returning a gradient that silently acts as a constant."""
+    if torch.is_grad_enabled() and _eager(grad):
+        raise NotImplementedError(
+            "gpmkit operators are differentiable once: backward with create_graph=True (double backward) "
+            "is not supported"
+        )
 
 
 def _eager(probe: Tensor) -> bool:
@@ -111,6 +121,11 @@ def _eager(probe: Tensor) -> bool:
 
 def _save_inputs(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
+
+
+def _filled(ref: Tensor, outs) -> tuple[Tensor, ...]:
+    """Operators cannot return ``None``: unused outputs become empty tensors."""
+    return tuple(_empty(ref) if t is None else t for t in outs)
 
 
 def _shape_of(t: Optional[Tensor]):
@@ -140,6 +155,7 @@ def preference_score_backward(
 
 
 def _score_backward(ctx, grad):
+    _refuse_double_backward(grad)
     v_i, v_j, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     need_gate = bool(n[2]) and gate is not None
@@ -201,6 +217,7 @@ def _(grad, v, gate, need_v, need_gate):
 
 
 def _matrix_backward(ctx, grad):
+    _refuse_double_backward(grad)
     v, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     need_gate = bool(n[1]) and gate is not None
@@ -261,6 +278,7 @@ _op_win_backward.register_fake(lambda grad, v, weights, gate, nv, nw, ng: _win_b
 
 
 def _win_backward(ctx, grad):
+    _refuse_double_backward(grad)
     v, weights, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     need_w = bool(n[1]) and weights is not None
@@ -276,7 +294,17 @@ _register(
 
 
 # ---------------------------------------------------------------------------------------------------
-# losses: shared helpers
+# losses
+#
+# A loss forward returns ``(loss, *pre)``: ``pre`` are the derivatives computed in the same pass (for
+# 'mean'/'sum' the final input gradients for a unit upstream gradient; for 'none' per-element factors).
+# ``input_grads(grad, args, pre, own)`` turns them into the gradients of the operator's arguments. Two
+# autograd paths share it:
+#   * the custom operator (compile/export) saves ``pre`` with ``save_for_backward`` and always multiplies;
+#   * the eager autograd function returns only the loss and keeps ``pre`` privately on ``ctx``; the first
+#     backward hands them out (``own=True``: as they are when the upstream gradient is exactly 1), so no
+#     gradient ever aliases a tensor the graph still holds; a second backward through a retained graph
+#     recomputes them from the saved inputs.
 
 
 def _loss_buf(ref: Tensor, n: int, reduction: str) -> Tensor:
@@ -292,30 +320,81 @@ def _outs(ref: Tensor, spec) -> list[Optional[Tensor]]:
     return [ref.new_empty(shape) if need else None for need, shape in spec]
 
 
-def _filled(ref: Tensor, outs) -> tuple[Tensor, ...]:
-    """Operators cannot return ``None``: unused outputs become empty tensors."""
-    return tuple(_empty(ref) if t is None else t for t in outs)
+def _split_args(args) -> tuple[list, list]:
+    """Tensors (to save) and the other arguments (to keep on ctx), position by position."""
+    return [a if isinstance(a, Tensor) else None for a in args], [None if isinstance(a, Tensor) else a for a in args]
 
 
-def _fake(spec_fn):
-    """A fake (meta) implementation from a loss's output spec: same shapes, nothing computed."""
+def _merge_args(tensors, others) -> tuple:
+    return tuple(t if o is None else o for t, o in zip(tensors, others))
+
+
+def _only_needed(grads, needs_input_grad) -> tuple:
+    return tuple(g if need else None for g, need in zip(grads, needs_input_grad))
+
+
+def _register_loss(name: str, impl: Callable, spec: Callable, input_grads: Callable) -> None:
+    """Register a fused loss as ``torch.ops.gpmkit.<name>`` and as an eager autograd function."""
 
     def fake(first, *args):
         reduction = next(a for a in args if isinstance(a, str))
-        return (_loss_buf(first, first.shape[0], reduction), *_outs(first, spec_fn(first, *args)))
+        return _filled(first, [_loss_buf(first, first.shape[0], reduction), *_outs(first, spec(first, *args))])
 
-    return fake
+    def setup(ctx, inputs, output):
+        tensors, ctx.others = _split_args(inputs)
+        ctx.save_for_backward(*tensors, *output[1:])
+
+    def backward(ctx, grad, *_unused):
+        _refuse_double_backward(grad)
+        saved = ctx.saved_tensors
+        n = len(ctx.others)
+        grads = input_grads(grad, _merge_args(saved[:n], ctx.others), saved[n:], False)
+        return _only_needed(grads, ctx.needs_input_grad)
+
+    _register(name, impl, fake, setup, backward, eager=False)
+
+    def eager_forward(ctx, *args):
+        out = impl(*args)
+        tensors, ctx.others = _split_args(args)
+        ctx.save_for_backward(*tensors)
+        ctx.pre = out[1:]
+        return out[0]
+
+    def eager_backward(ctx, grad):
+        _refuse_double_backward(grad)
+        args = _merge_args(ctx.saved_tensors, ctx.others)
+        pre, ctx.pre = ctx.pre, None
+        if pre is None:  # a second backward through a retained graph
+            pre = impl(*args)[1:]
+        return _only_needed(input_grads(grad, args, pre, True), ctx.needs_input_grad)
+
+    _FUNCTIONS[name] = type(
+        f"{name}_function",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)},
+    )
 
 
-# ---------------------------------------------------------------------------------------------------
-# GPM loss
+def _scale(g: Tensor, t: Tensor, own: bool) -> Tensor:
+    """Chain rule for a precomputed derivative ``t``: ``g * t``; just ``t`` when we own it and ``g`` is 1."""
+    if own and _is_one(g):
+        return t
+    return g * t
 
 
-def _gpm_spec(v_chosen, v_rejected, gate, margin, label, tau, reduction, need_c, need_r, need_g, need_m, need_l):
+# GPM ------------------------------------------------------------------------------------------------
+
+
+def _gpm_need(args) -> tuple:
+    _vc, _vr, gate, margin, label, _tau, _red, nc, nr, ng, nm, nl = args
+    return nc, nr, ng and gate is not None, nm and margin is not None, nl and label is not None
+
+
+def _gpm_spec(v_chosen, v_rejected, gate, margin, label, tau, reduction, *flags):
     n = v_chosen.shape[0]
-    need_g = need_g and gate is not None
-    need_m = need_m and margin is not None
-    need_l = need_l and label is not None
+    need_c, need_r, need_g, need_m, need_l = _gpm_need(
+        (v_chosen, v_rejected, gate, margin, label, tau, reduction, *flags)
+    )
     if reduction == "none":  # coef = ∂ℓ_n/∂s_n, chained through the score backward later
         coef = need_c or need_r or need_g or need_m
         return [(coef, (n,)), (False, 0), (False, 0), (False, 0), (False, 0), (need_l, (n,))]
@@ -344,46 +423,36 @@ def gpm_loss(
     return (loss, *outs)
 
 
-def _gpm_setup(ctx, inputs, output):
-    v_chosen, v_rejected, gate, margin, label, _tau, reduction, *_ = inputs
-    ctx.reduction = reduction
-    ctx.has = (gate is not None, margin is not None, label is not None)
-    ctx.save_for_backward(v_chosen, v_rejected, gate, *output[1:])
-    ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
-
-
-def _gpm_backward(ctx, grad, *_unused):
-    v_chosen, v_rejected, gate, coef, gc, gr, gg, gm, gl = ctx.saved_tensors  # unused ones are None/empty
-    n = ctx.needs_input_grad
-    has_gate, has_margin, has_label = ctx.has
-    need = (n[0], n[1], n[2] and has_gate, n[3] and has_margin, n[4] and has_label)
-    if ctx.reduction == "none":
+def _gpm_input_grads(grad, args, pre, own):
+    v_chosen, v_rejected, gate, _margin, _label, _tau, reduction, *_ = args
+    need = _gpm_need(args)
+    coef, gc, gr, gg, gm, gl = pre
+    if reduction == "none":
         gs = grad * coef if any(need[:4]) else None
         gc = gr = gg = None
         if any(need[:3]):
             bwd = preference_score_backward if _eager(gs) else _op_score_backward
             gc, gr, gg = bwd(gs, v_chosen, v_rejected, gate, need[0], need[1], need[2])
-        gm = -gs if need[3] else None
-        gl = grad * gl if need[4] else None
-        grads = (gc, gr, gg, gm, gl)
+        grads = (gc, gr, gg, -gs if need[3] else None, grad * gl if need[4] else None)
     else:
-        grads = tuple(_scale(grad, t) if nd else None for t, nd in zip((gc, gr, gg, gm, gl), need))
-    return (*(g if nd else None for g, nd in zip(grads, need)), None, None, None, None, None, None, None)
+        grads = tuple(_scale(grad, t, own) if nd else None for t, nd in zip((gc, gr, gg, gm, gl), need))
+    return (*grads, *([None] * 7))
 
 
-_register("gpm_loss", gpm_loss, _fake(_gpm_spec), _gpm_setup, _gpm_backward)
+_register_loss("gpm_loss", gpm_loss, _gpm_spec, _gpm_input_grads)
 
 
-# ---------------------------------------------------------------------------------------------------
-# element-wise losses: Bradley-Terry and the GPO/SPPO policy loss
-#
-# All their inputs are [N], so forward returns the derivative of the loss w.r.t. each input that needs
-# one (per element for 'none', already scaled for 'mean'/'sum'); backward multiplies by the upstream grad.
+# Element-wise losses (Bradley-Terry, GPO/SPPO): every input is [N] and each precomputed derivative is
+# the gradient of one input (per element for 'none'), so backward only multiplies. -------------------
 
 
-def _elementwise_backward(ctx, grad, *_unused):
-    grads = [_scale(grad, t) if need else None for t, need in zip(ctx.saved_tensors, ctx.wanted)]
-    return (*grads, *([None] * ctx.n_rest))
+def _elementwise_input_grads(first_flag: int, n_inputs: int):
+    def input_grads(grad, args, pre, own):
+        flags = args[first_flag : first_flag + n_inputs]
+        grads = [_scale(grad, t, own) if need and t is not None else None for t, need in zip(pre, flags)]
+        return (*grads, *([None] * (len(args) - n_inputs)))
+
+    return input_grads
 
 
 def _bt_spec(r_chosen, r_rejected, margin, label, tau, reduction, need_c, need_r, need_m, need_l):
@@ -414,15 +483,7 @@ def bt_loss(
     return (loss, *outs)
 
 
-def _bt_setup(ctx, inputs, output):
-    _rc, _rr, margin, label, _tau, _red, nc, nr, nm, nl = inputs
-    ctx.wanted = (nc, nr, nm and margin is not None, nl and label is not None)
-    ctx.n_rest = 6
-    ctx.save_for_backward(*output[1:])
-    ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
-
-
-_register("bt_loss", bt_loss, _fake(_bt_spec), _bt_setup, _elementwise_backward)
+_register_loss("bt_loss", bt_loss, _bt_spec, _elementwise_input_grads(6, 4))
 
 
 def _policy_spec(logp, ref_logp, target, lengths, beta, offset, gamma, clamp, reduction, n1, n2, n3, n4):
@@ -456,13 +517,4 @@ def policy_loss(
     return (loss, *outs)
 
 
-def _policy_setup(ctx, inputs, output):
-    lengths = inputs[3]
-    n1, n2, n3, n4 = inputs[9:]
-    ctx.wanted = (n1, n2, n3, n4 and lengths is not None)
-    ctx.n_rest = 9
-    ctx.save_for_backward(*output[1:])
-    ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
-
-
-_register("policy_loss", policy_loss, _fake(_policy_spec), _policy_setup, _elementwise_backward)
+_register_loss("policy_loss", policy_loss, _policy_spec, _elementwise_input_grads(9, 4))
