@@ -273,8 +273,8 @@ fn score_pairs_backward<F: Real, const D: usize>(
 // ---------------------------------------------------------------------------------------------------
 // K×K matrices
 
-/// Rows (of all prompts together) per parallel task in the matrix kernels.
-const MATRIX_ROW_CHUNK: usize = 64;
+/// Matrix entries per parallel task in the matrix kernels (whole prompts; see `matrix_prompt_chunk`).
+const MATRIX_CHUNK_ENTRIES: usize = 65536;
 
 fn check_population<F: Real>(v: &ArrayView3<F>, gate: &Option<ArrayView2<F>>) -> Result<(usize, usize, usize, usize)> {
     let (p, kk, d) = v.dim();
@@ -298,19 +298,55 @@ pub fn preference_matrix<F: Real>(v: ArrayView3<F>, gate: Option<ArrayView2<F>>,
     Ok(())
 }
 
+/// Prompts per parallel task in the matrix kernels: about `MATRIX_CHUNK_ENTRIES` matrix entries.
+fn matrix_prompt_chunk(kk: usize) -> usize {
+    (MATRIX_CHUNK_ENTRIES / (kk * kk).max(1)).max(1)
+}
+
+/// One prompt's embeddings split by block coordinate and transposed: `x0[l·K + j] = v_j[2l]`,
+/// `x1[l·K + j] = v_j[2l+1]`, so that a row of the matrix is a sum of contiguous, vectorisable loops.
+fn transpose_blocks<F: Real>(vp: &[F], kk: usize, d: usize, x0: &mut [F], x1: &mut [F]) {
+    for (j, vj) in vp.chunks_exact(d).enumerate() {
+        for (l, y) in vj.chunks_exact(2).enumerate() {
+            x0[l * kk + j] = y[0];
+            x1[l * kk + j] = y[1];
+        }
+    }
+}
+
 fn matrix_rows<F: Real, const D: usize>(v: &[F], gate: Option<&[F]>, out: &mut [F], kk: usize, d: usize) {
-    let chunks: Vec<&mut [F]> = out.chunks_mut(MATRIX_ROW_CHUNK * kk).collect();
+    let pc = matrix_prompt_chunk(kk);
+    let chunks: Vec<&mut [F]> = out.chunks_mut(pc * kk * kk).collect();
     map_ordered(chunks, |c, o| {
         let d = width::<D>(d);
         let k = d / 2;
-        for (t, row) in o.chunks_mut(kk).enumerate() {
-            let r = c * MATRIX_ROW_CHUNK + t; // global row = prompt * K + i
-            let pr = r / kk;
-            let base = pr * kk * d;
-            let a = &v[r * d..(r + 1) * d];
+        let (mut x0, mut x1) = (vec![F::zero(); k * kk], vec![F::zero(); k * kk]);
+        for (t, mp) in o.chunks_mut(kk * kk).enumerate() {
+            let pr = c * pc + t;
+            let vp = &v[pr * kk * d..(pr + 1) * kk * d];
+            transpose_blocks(vp, kk, d, &mut x0, &mut x1);
             let lam = gate.map(|g| &g[pr * k..(pr + 1) * k]);
-            for (j, m) in row.iter_mut().enumerate() {
-                *m = score_row(a, &v[base + j * d..base + (j + 1) * d], lam);
+            for (row, a) in mp.chunks_exact_mut(kk).zip(vp.chunks_exact(d)) {
+                // row[j] = Σ_l λ_l (a[2l]·v_j[2l+1] − a[2l+1]·v_j[2l]): the same operations in the same order
+                // as `score_row(a, v_j)`, so the matrix equals the pair scores bit for bit.
+                row.iter_mut().for_each(|m| *m = F::zero());
+                for l in 0..k {
+                    let (a0, a1) = (a[2 * l], a[2 * l + 1]);
+                    let (y0, y1) = (&x0[l * kk..(l + 1) * kk], &x1[l * kk..(l + 1) * kk]);
+                    match lam {
+                        None => {
+                            for ((m, &b0), &b1) in row.iter_mut().zip(y0).zip(y1) {
+                                *m = *m + (a0 * b1 - a1 * b0);
+                            }
+                        }
+                        Some(lam) => {
+                            let s = lam[l];
+                            for ((m, &b0), &b1) in row.iter_mut().zip(y0).zip(y1) {
+                                *m = *m + s * (a0 * b1 - a1 * b0);
+                            }
+                        }
+                    }
+                }
             }
         }
     });
@@ -344,26 +380,18 @@ pub fn preference_matrix_backward<F: Real>(
     let (gr, v, gate) = (slice_of(&grad), slice_of(&v), gate.as_ref().map(slice_of));
     let grad_v = out_slice("grad_v", grad_v)?;
     let grad_gate = out_slice("grad_gate", grad_gate)?;
-    let rows = p * kk;
-    let nc = n_chunks(rows, MATRIX_ROW_CHUNK);
-    // Per-row gate partials, reduced per prompt in row order afterwards (deterministic).
-    let mut partial: Vec<F> = if grad_gate.is_some() { vec![F::zero(); rows * k] } else { Vec::new() };
-    let pslices = split_opt(if grad_gate.is_some() { Some(&mut partial[..]) } else { None }, MATRIX_ROW_CHUNK * k, nc);
-    let gvs = split_opt(grad_v, MATRIX_ROW_CHUNK * d, nc);
-    let items: Vec<_> = gvs.into_iter().zip(pslices).collect();
-    by_width!(d, matrix_rows_backward::<F>(gr, v, gate, items, kk, d));
-    if let Some(gg) = grad_gate {
-        for pr in 0..p {
-            let out = &mut gg[pr * k..(pr + 1) * k];
-            out.iter_mut().for_each(|x| *x = F::zero());
-            for m in 0..kk {
-                let row = &partial[(pr * kk + m) * k..(pr * kk + m + 1) * k];
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o = *o + x;
-                }
-            }
+    if kk == 0 {
+        if let Some(gg) = grad_gate {
+            gg.iter_mut().for_each(|x| *x = F::zero());
         }
+        return Ok(());
     }
+    let pc = matrix_prompt_chunk(kk);
+    let nc = n_chunks(p, pc);
+    let gvs = split_opt(grad_v, pc * kk * d, nc);
+    let ggs = split_opt(grad_gate, pc * k, nc);
+    let items: Vec<_> = gvs.into_iter().zip(ggs).collect();
+    by_width!(d, matrix_rows_backward::<F>(gr, v, gate, items, kk, d));
     Ok(())
 }
 
@@ -377,41 +405,54 @@ fn matrix_rows_backward<F: Real, const D: usize>(
     kk: usize,
     d: usize,
 ) {
-    let rows = v.len() / width::<D>(d);
+    let p = v.len() / (kk * width::<D>(d));
+    let pc = matrix_prompt_chunk(kk);
     let half: F = cast(0.5);
-    map_ordered(items, |c, (mut gv, mut gp)| {
+    map_ordered(items, |c, (mut gv, mut gg)| {
         let d = width::<D>(d);
         let k = d / 2;
+        let mut u = vec![F::zero(); kk * d]; // rot(v_j) rows
         let mut h = vec![F::zero(); d];
-        let r0 = c * MATRIX_ROW_CHUNK;
-        let nrows = (rows - r0).min(MATRIX_ROW_CHUNK);
-        for t in 0..nrows {
-            let r = r0 + t;
-            let (pr, m) = (r / kk, r % kk);
-            let base = pr * kk * d;
-            let gbase = pr * kk * kk;
-            h.iter_mut().for_each(|x| *x = F::zero());
-            for j in 0..kk {
-                let dmj = gr[gbase + m * kk + j] - gr[gbase + j * kk + m];
-                let vj = &v[base + j * d..base + (j + 1) * d];
-                for l in 0..d / 2 {
-                    h[2 * l] = h[2 * l] + dmj * vj[2 * l + 1];
-                    h[2 * l + 1] = h[2 * l + 1] - dmj * vj[2 * l];
-                }
-            }
+        let np = (p - c * pc).min(pc);
+        for t in 0..np {
+            let pr = c * pc + t;
+            let vp = &v[pr * kk * d..(pr + 1) * kk * d];
+            let gp = &gr[pr * kk * kk..(pr + 1) * kk * kk];
             let lam = gate.map(|g| &g[pr * k..(pr + 1) * k]);
-            if let Some(gv) = gv.as_deref_mut() {
-                let out = &mut gv[t * d..(t + 1) * d];
-                for l in 0..d / 2 {
-                    let s = lam.map_or(F::one(), |lam| lam[l]);
-                    out[2 * l] = s * h[2 * l];
-                    out[2 * l + 1] = s * h[2 * l + 1];
-                }
+            for (uj, vj) in u.chunks_exact_mut(2).zip(vp.chunks_exact(2)) {
+                uj[0] = vj[1];
+                uj[1] = -vj[0];
             }
-            if let Some(gp) = gp.as_deref_mut() {
-                let vm = &v[r * d..(r + 1) * d];
-                for l in 0..d / 2 {
-                    gp[t * k + l] = half * (vm[2 * l] * h[2 * l] + vm[2 * l + 1] * h[2 * l + 1]);
+            let mut gl = gg.as_deref_mut().map(|g| &mut g[t * k..(t + 1) * k]);
+            if let Some(gl) = gl.as_deref_mut() {
+                gl.iter_mut().for_each(|x| *x = F::zero());
+            }
+            for m in 0..kk {
+                // H_m = Σ_j (G[m,j] − G[j,m]) u_j, an axpy per j
+                h.iter_mut().for_each(|x| *x = F::zero());
+                for (j, uj) in u.chunks_exact(d).enumerate() {
+                    let dmj = gp[m * kk + j] - gp[j * kk + m];
+                    for (x, &y) in h.iter_mut().zip(uj) {
+                        *x = *x + dmj * y;
+                    }
+                }
+                if let Some(gv) = gv.as_deref_mut() {
+                    let out = &mut gv[(t * kk + m) * d..(t * kk + m + 1) * d];
+                    match lam {
+                        None => out.copy_from_slice(&h),
+                        Some(lam) => {
+                            for ((o, x), &s) in out.chunks_exact_mut(2).zip(h.chunks_exact(2)).zip(lam) {
+                                o[0] = s * x[0];
+                                o[1] = s * x[1];
+                            }
+                        }
+                    }
+                }
+                if let Some(gl) = gl.as_deref_mut() {
+                    let vm = &vp[m * d..(m + 1) * d];
+                    for ((o, x), y) in gl.iter_mut().zip(vm.chunks_exact(2)).zip(h.chunks_exact(2)) {
+                        *o = *o + half * (x[0] * y[0] + x[1] * y[1]);
+                    }
                 }
             }
         }
@@ -451,7 +492,7 @@ pub fn win_score<F: Real>(
     gate: Option<ArrayView2<F>>,
     out: ArrayViewMut2<F>,
 ) -> Result<()> {
-    let (p, kk, d, k) = check_population(&v, &gate)?;
+    let (p, kk, d, _k) = check_population(&v, &gate)?;
     check_weights(&weights, p, kk)?;
     check_dims("out", out.shape(), &[p, kk], "[P, K]")?;
     let v = contiguous(v);
@@ -462,8 +503,15 @@ pub fn win_score<F: Real>(
     if kk == 0 {
         return Ok(());
     }
+    by_width!(d, win_rows::<F>(v, w, gate, out, kk, d));
+    Ok(())
+}
+
+fn win_rows<F: Real, const D: usize>(v: &[F], w: Option<&[F]>, gate: Option<&[F]>, out: &mut [F], kk: usize, d: usize) {
     let chunks: Vec<&mut [F]> = out.chunks_mut(WIN_PROMPT_CHUNK * kk).collect();
     map_ordered(chunks, |c, o| {
+        let d = width::<D>(d);
+        let k = d / 2;
         let mut bar = vec![F::zero(); d];
         for (t, orow) in o.chunks_mut(kk).enumerate() {
             let pr = c * WIN_PROMPT_CHUNK + t;
@@ -475,7 +523,6 @@ pub fn win_score<F: Real>(
             }
         }
     });
-    Ok(())
 }
 
 /// Backward of [`win_score`]. With `ḡ = Σ_i g_i v_i` and `∂v̄ = −λ ⊙ rot(ḡ)`:
@@ -518,8 +565,23 @@ pub fn win_score_backward<F: Real>(
     let gws = split_opt(out_slice("grad_weights", grad_weights)?, WIN_PROMPT_CHUNK * kk, nc);
     let ggs = split_opt(out_slice("grad_gate", grad_gate)?, WIN_PROMPT_CHUNK * k, nc);
     let items: Vec<_> = gvs.into_iter().zip(gws).zip(ggs).collect();
+    by_width!(d, win_rows_backward::<F>(gr, v, w, gate, items, (p, kk), d));
+    Ok(())
+}
+
+fn win_rows_backward<F: Real, const D: usize>(
+    gr: &[F],
+    v: &[F],
+    w: Option<&[F]>,
+    gate: Option<&[F]>,
+    items: Vec<Outs3<'_, F>>,
+    (p, kk): (usize, usize),
+    d: usize,
+) {
     let uniform = if kk > 0 { F::one() / cast::<F>(kk as f64) } else { F::zero() };
     map_ordered(items, |c, ((mut gv, mut gw), mut gg)| {
+        let d = width::<D>(d);
+        let k = d / 2;
         let mut bar = vec![F::zero(); d];
         let mut gbar = vec![F::zero(); d];
         let mut dbar = vec![F::zero(); d];
@@ -567,7 +629,6 @@ pub fn win_score_backward<F: Real>(
             }
         }
     });
-    Ok(())
 }
 
 #[cfg(test)]
