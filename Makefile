@@ -40,6 +40,7 @@ lint: setup
 	cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
+	$(PY) -m mypy.stubtest gpmkit._core
 
 test-rust: setup
 	cargo test --no-default-features

@@ -4,7 +4,8 @@ A GPM embeds each response in ``R^{2k}`` and scores pairs with a skew-symmetric 
 represent cyclic (intransitive) preferences while needing one forward pass per response.
 
 ``import gpmkit`` is cheap: torch is imported only when :mod:`gpmkit.functional`, :mod:`gpmkit.nn`
-or :mod:`gpmkit.ops` is first used.
+or :mod:`gpmkit.ops` is first used, and transformers only when :mod:`gpmkit.models` (``gpmkit.GPMModel``,
+``gpmkit.GPMConfig``) is.
 """
 
 from __future__ import annotations
@@ -20,20 +21,23 @@ __all__ = [
     "ArgumentError",
     "DTypeError",
     "DeviceError",
+    "GPMConfig",
     "GPMError",
     "GPMHead",
+    "GPMModel",
     "ShapeError",
     "__version__",
     "exceptions",
     "functional",
     "get_num_threads",
+    "models",
     "nn",
     "ops",
     "set_num_threads",
 ]
 
-_LAZY_MODULES = {"functional", "nn", "ops"}
-_LAZY_ATTRS = {"GPMHead": "nn"}
+_LAZY_MODULES = {"functional", "models", "nn", "ops"}
+_LAZY_ATTRS = {"GPMConfig": "models", "GPMHead": "nn", "GPMModel": "models"}
 
 
 def __getattr__(name: str) -> Any:

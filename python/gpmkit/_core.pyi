@@ -19,6 +19,21 @@ import numpy.typing as npt
 _Arr = npt.NDArray[np.floating]
 _Reduction = Literal["none", "mean", "sum"]
 
+__all__ = [
+    "__version__",
+    "_panic",
+    "bt_loss",
+    "get_num_threads",
+    "gpm_loss",
+    "policy_loss",
+    "preference_matrix",
+    "preference_matrix_backward",
+    "preference_score",
+    "preference_score_backward",
+    "set_num_threads",
+    "win_score",
+    "win_score_backward",
+]
 __version__: str
 
 def preference_score(v_i: _Arr, v_j: _Arr, gate: Optional[_Arr], out: _Arr) -> None:
