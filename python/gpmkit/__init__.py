@@ -5,7 +5,7 @@ represent cyclic (intransitive) preferences while needing one forward pass per r
 
 ``import gpmkit`` is cheap: torch is imported only when :mod:`gpmkit.functional`, :mod:`gpmkit.nn`
 or :mod:`gpmkit.ops` is first used, and transformers only when :mod:`gpmkit.models` (``gpmkit.GPMModel``,
-``gpmkit.GPMConfig``) is.
+``gpmkit.GPMConfig``) is, and trl only when :mod:`gpmkit.trl` is.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ __all__ = [
     "nn",
     "ops",
     "set_num_threads",
+    "trl",
 ]
 
-_LAZY_MODULES = {"functional", "models", "nn", "ops"}
+_LAZY_MODULES = {"functional", "models", "nn", "ops", "trl"}
 _LAZY_ATTRS = {"GPMConfig": "models", "GPMHead": "nn", "GPMModel": "models"}
 
 

@@ -201,6 +201,7 @@ class GPMModel(PreTrainedModel):
             raise ArgumentError(
                 f"name_or_model: expected a model id, a path or a PreTrainedModel, got {type(name_or_model).__name__}"
             )
+        attn = backbone.config._attn_implementation
         config = GPMConfig(
             backbone_config=backbone.config,
             value_head_dim=value_head_dim,
@@ -211,6 +212,9 @@ class GPMModel(PreTrainedModel):
             bt=bt,
         )
         model = cls(config, backbone=backbone)
+        # Building the composite config resets the shared backbone config's attention implementation to
+        # None, which silently drops the causal mask of decoders: put the backbone's own choice back.
+        backbone.config._attn_implementation = attn
         ref = next(backbone.parameters(), None)
         if ref is not None:
             for head in (model.value_head, model.prompt_head):

@@ -1,0 +1,486 @@
+"""Training GPMs with Hugging Face TRL: :class:`GPMRewardConfig` and :class:`GPMRewardTrainer`.
+
+:class:`GPMRewardTrainer` is TRL's ``RewardTrainer`` (TRL ≥ 1.16) with three changes:
+
+- **Model**: a :class:`~gpmkit.models.GPMModel`, a model id / path (a gpmkit checkpoint is loaded with
+  :meth:`GPMModel.from_pretrained`; anything else is a backbone for :meth:`GPMModel.from_backbone`) or a plain
+  ``PreTrainedModel`` backbone (wrapped with ``GPMModel.from_backbone`` using the config's head fields).
+- **Data**: TRL's four preference formats (standard / conversational × implicit / explicit prompt) are tokenized
+  exactly as TRL does it (explicit prompt concatenated to the completions, EOS appended to standard text,
+  conversations through the chat template), **and** the prompt length in tokens is kept per example in a
+  ``prompt_length`` column, so that the gate λ(x) is read at the last prompt token (DESIGN §1):
+
+  - standard, explicit prompt: the longest common prefix of ``tokenize(prompt)`` with ``tokenize(prompt + chosen)``
+    and with ``tokenize(prompt + rejected)`` (the smaller of the two). Without BPE merges across the boundary
+    this is the prompt's token count; with a merge it stops before the merged token, so the gate never sees
+    completion text;
+  - conversational, explicit prompt: the same with the chat template of the prompt messages (rendered **without**
+    a generation prompt, like :meth:`GPMModel.score` at inference) against the templated prompt + completion;
+  - conversational, implicit prompt: the leading messages shared by ``chosen`` and ``rejected`` are the prompt,
+    then as the explicit case (when no message is shared, as the standard implicit case);
+  - standard, implicit prompt (and pre-tokenized ``chosen_ids``/``rejected_ids`` without a ``prompt_length``
+    column): the longest common prefix of the chosen and rejected token ids. This is the best available guess
+    of the prompt: it includes any shared start of the two responses.
+
+  Every prompt length is clamped to ``[1, min(len(chosen_ids), len(rejected_ids))]``.
+- **Loss**: one forward pass of the model on the 2B sequences (chosen first), then
+  :func:`gpmkit.functional.gpm_loss` (with the chosen half's gate, i.e. the prompt's gate) or
+  :func:`gpmkit.functional.bt_loss` for ``loss="bt"``, with the ``margin`` column when present.
+
+Logged metrics (averaged over the logging interval, ``eval_``-prefixed in evaluation): ``loss``, ``accuracy``
+(fraction of pairs with s > 0), ``mean_score`` (mean s), ``mean_abs_score`` (mean |s|), ``gate_entropy`` (gated
+models only: batch mean of ``−Σ_l p_l log p_l`` with ``p = λ / Σλ``, which is λ itself for the ``softmax`` gate)
+and ``num_tokens`` (as TRL). Scores s are raw (not divided by τ).
+
+This module imports torch, transformers and trl; ``import gpmkit`` does not (``gpmkit.trl`` is a lazy attribute).
+It needs the ``trl`` extra (``pip install gpmkit[trl]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Union
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.data.data_collator import DataCollatorMixin
+from trl import RewardConfig, RewardTrainer
+from trl.data_utils import get_dataset_column_names, is_conversational
+from trl.trainer.utils import global_then_local_main_first
+
+from . import functional as F
+from .exceptions import ArgumentError, ShapeError
+from .models import GPMConfig, GPMModel
+from .nn import _GATE_ACTIVATIONS
+
+__all__ = ["GPMDataCollator", "GPMRewardConfig", "GPMRewardTrainer"]
+
+_LOSSES = ("gpm", "bt")
+
+
+@dataclass
+class GPMRewardConfig(RewardConfig):
+    """``trl.RewardConfig`` plus the GPM head and loss fields.
+
+    Head fields (used when the trainer builds the :class:`GPMModel` itself, i.e. from a model id/path or a plain
+    backbone; a :class:`GPMModel` passed in keeps its own heads, and must agree with ``loss``):
+
+    Args:
+        value_head_dim: embedding width 2k (even, positive). Ignored for ``loss="bt"`` (one scalar reward).
+        gate: add the prompt gate λ(x) (``prompt_head [k, H]``, read at the last prompt token).
+        gate_activation: ``"softmax"`` (Σλ = 1) or ``"scaled_softmax"`` (Σλ = k).
+        l2_normalize: L2-normalise the embeddings (always off for ``loss="bt"``).
+        loss: ``"gpm"`` (:func:`gpmkit.functional.gpm_loss`) or ``"bt"`` (Bradley-Terry,
+            :func:`gpmkit.functional.bt_loss`; the model is built with ``bt=True``).
+        tau: temperature τ of ``σ(s/τ)``. ``None`` (default) means 0.1 for ``loss="gpm"`` and 1.0 for
+            ``loss="bt"`` (DESIGN §1; with τ = 1, BT is exactly TRL's reward loss).
+
+    Defaults that differ from ``trl.RewardConfig`` (so CPU runs and tests need no extra flags):
+
+    - ``bf16``: ``None`` (default) resolves to ``False`` when ``use_cpu=True``; otherwise TRL's default
+      (``True`` unless ``fp16``). Pass ``bf16=True`` explicitly for bf16 autocast on CPU.
+    - ``gradient_checkpointing``: ``None`` (default) resolves to ``False`` when ``use_cpu=True`` (it only trades
+      compute for memory) and to TRL's ``True`` otherwise. With transformers ≥ 5.23 the default is applied to
+      ``activation_checkpointing`` (the new name), so the default config raises no deprecation warning; an
+      explicit ``gradient_checkpointing=`` still gets transformers' ``FutureWarning``.
+
+    Everything else (``learning_rate=1e-4``, ``max_length=1024`` with too-long pairs *filtered out*, ``margin``
+    column, ``center_rewards_coefficient``...) is TRL's. ``center_rewards_coefficient`` applies to ``loss="bt"``
+    only (GPM scores are shift-free); it is rejected with ``loss="gpm"``.
+    """
+
+    value_head_dim: int = field(default=2, metadata={"help": "Embedding width 2k (even)."})
+    gate: bool = field(default=False, metadata={"help": "Prompt-dependent gate λ(x)."})
+    gate_activation: str = field(default="softmax", metadata={"help": "'softmax' (Σλ=1) or 'scaled_softmax' (Σλ=k)."})
+    l2_normalize: bool = field(default=True, metadata={"help": "L2-normalise the embeddings (GPM only)."})
+    loss: str = field(default="gpm", metadata={"help": "'gpm' or 'bt' (Bradley-Terry)."})
+    tau: Optional[float] = field(default=None, metadata={"help": "Temperature τ; default 0.1 (gpm) or 1.0 (bt)."})
+    gradient_checkpointing: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Gradient checkpointing; default False with use_cpu=True, else True (TRL's default)."},
+    )
+
+    def __post_init__(self):
+        if self.loss not in _LOSSES:
+            raise ArgumentError(f"loss: expected one of {_LOSSES}, got {self.loss!r}")
+        if self.loss == "gpm":
+            if isinstance(self.value_head_dim, bool) or not isinstance(self.value_head_dim, int):
+                raise ShapeError(f"value_head_dim: expected an even, positive int 2k, got {self.value_head_dim!r}")
+            if self.value_head_dim <= 0 or self.value_head_dim % 2:
+                raise ShapeError(f"value_head_dim: expected an even, positive int 2k, got {self.value_head_dim!r}")
+            if self.center_rewards_coefficient is not None:
+                raise ArgumentError(
+                    "center_rewards_coefficient: only meaningful for loss='bt' (GPM scores are shift-free), "
+                    f"got {self.center_rewards_coefficient!r}"
+                )
+        elif self.gate:
+            raise ArgumentError("gate: the Bradley-Terry loss (loss='bt') has no gate, got gate=True")
+        if self.gate_activation not in _GATE_ACTIVATIONS:
+            raise ArgumentError(f"gate_activation: expected one of {_GATE_ACTIVATIONS}, got {self.gate_activation!r}")
+        if self.tau is None:
+            self.tau = 0.1 if self.loss == "gpm" else 1.0
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
+            raise ArgumentError(f"tau: expected a positive number, got {self.tau!r}")
+        self.tau = float(self.tau)
+        if self.bf16 is None and self.use_cpu:
+            self.bf16 = False
+        if self.gradient_checkpointing is None:
+            default = not self.use_cpu
+            if "activation_checkpointing" in self.__dataclass_fields__:  # transformers ≥ 5.23: the new name
+                if self.activation_checkpointing is None:
+                    self.activation_checkpointing = default
+            else:
+                self.gradient_checkpointing = default
+        super().__post_init__()
+
+
+@dataclass
+class GPMDataCollator(DataCollatorMixin):
+    """Pads tokenized preference pairs for :class:`GPMRewardTrainer` (right padding).
+
+    Input examples: ``{"chosen_ids": [...], "rejected_ids": [...], "prompt_length": int, ("margin": float)}``.
+    Output: ``input_ids [2B, T]`` and ``attention_mask [2B, T]`` (rows ``:B`` chosen, ``B:`` rejected),
+    ``prompt_lengths [2B]`` (each example's prompt length, for its chosen and its rejected row) and, when the
+    examples have it, ``margin [B]`` (float32).
+
+    Args:
+        pad_token_id: token id used for padding.
+        pad_to_multiple_of: pad T up to a multiple of this (``None``: the batch maximum).
+        return_tensors: only ``"pt"``.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: Optional[int] = None
+    return_tensors: str = "pt"
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collates a list of examples into a padded batch (see the class docstring)."""
+        seqs = [list(e["chosen_ids"]) for e in examples] + [list(e["rejected_ids"]) for e in examples]
+        width = max(len(s) for s in seqs)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, ids in enumerate(seqs):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        lengths = torch.tensor([int(e["prompt_length"]) for e in examples], dtype=torch.long)
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "prompt_lengths": torch.cat([lengths, lengths]),
+        }
+        if "margin" in examples[0]:
+            out["margin"] = torch.tensor([float(e["margin"]) for e in examples], dtype=torch.float32)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenization with the prompt boundary
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _clamp(n: int, chosen_ids: list[int], rejected_ids: list[int]) -> int:
+    return max(1, min(n, len(chosen_ids), len(rejected_ids)))
+
+
+def _template(processing_class: Any, messages: list, kwargs: dict) -> list[int]:
+    return list(processing_class.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
+
+
+def _shared_messages(chosen: list, rejected: list) -> int:
+    n = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _tokenize_pair(example: dict[str, Any], processing_class: Any) -> dict[str, Any]:
+    """``chosen_ids``, ``rejected_ids`` (as TRL tokenizes them) and ``prompt_length`` of one raw example."""
+    prompt = example.get("prompt")
+    if is_conversational(example):
+        tools = example.get("tools")
+        tools = json.loads(tools) if isinstance(tools, str) else tools
+        kwargs = {"tools": tools, **(example.get("chat_template_kwargs") or {})}
+        chosen, rejected = list(example["chosen"]), list(example["rejected"])
+        if prompt is None:  # implicit: the shared leading messages are the prompt
+            n = _shared_messages(chosen, rejected)
+            if 0 < n < min(len(chosen), len(rejected)):
+                prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+        if prompt is None:
+            chosen_ids, rejected_ids = (
+                _template(processing_class, chosen, kwargs),
+                _template(processing_class, rejected, kwargs),
+            )
+            n_prompt = _common_prefix(chosen_ids, rejected_ids)
+        else:
+            prompt = list(prompt)
+            chosen_ids = _template(processing_class, prompt + chosen, kwargs)
+            rejected_ids = _template(processing_class, prompt + rejected, kwargs)
+            prompt_ids = _template(processing_class, prompt, {**kwargs, "add_generation_prompt": False})
+            n_prompt = min(_common_prefix(prompt_ids, chosen_ids), _common_prefix(prompt_ids, rejected_ids))
+    else:
+        eos = processing_class.eos_token
+        chosen, rejected = example["chosen"], example["rejected"]
+        if not chosen.endswith(eos):
+            chosen = chosen + eos
+        if not rejected.endswith(eos):
+            rejected = rejected + eos
+        if prompt is None:
+            chosen_ids = list(processing_class(text=chosen)["input_ids"])
+            rejected_ids = list(processing_class(text=rejected)["input_ids"])
+            n_prompt = _common_prefix(chosen_ids, rejected_ids)
+        else:
+            chosen_ids = list(processing_class(text=prompt + chosen)["input_ids"])
+            rejected_ids = list(processing_class(text=prompt + rejected)["input_ids"])
+            prompt_ids = list(processing_class(text=prompt)["input_ids"])
+            n_prompt = min(_common_prefix(prompt_ids, chosen_ids), _common_prefix(prompt_ids, rejected_ids))
+    return {
+        "chosen_ids": chosen_ids,
+        "rejected_ids": rejected_ids,
+        "prompt_length": _clamp(n_prompt, chosen_ids, rejected_ids),
+    }
+
+
+def _add_prompt_length(example: dict[str, Any]) -> dict[str, Any]:
+    """Pre-tokenized pairs without a ``prompt_length``: the longest common prefix of the two sequences."""
+    c, r = list(example["chosen_ids"]), list(example["rejected_ids"])
+    return {"prompt_length": _clamp(_common_prefix(c, r), c, r)}
+
+
+# --------------------------------------------------------------------------------------------------
+# trainer
+
+
+def _is_gpm_checkpoint(path: str) -> bool:
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        return False
+    with open(config_file, encoding="utf-8") as fh:
+        return json.load(fh).get("model_type") == GPMConfig.model_type
+
+
+class GPMRewardTrainer(RewardTrainer):
+    """TRL ``RewardTrainer`` for General Preference Models (see the module docstring for the data conventions).
+
+    Args:
+        model: a :class:`GPMModel`; a model id / local path (a gpmkit checkpoint → :meth:`GPMModel.from_pretrained`,
+            any other → :meth:`GPMModel.from_backbone` with ``args.model_init_kwargs`` and the config's head fields;
+            ``dtype`` defaults to float32 like TRL); or a plain ``PreTrainedModel`` (e.g. ``LlamaForCausalLM``)
+            whose base model becomes the backbone.
+        args: a :class:`GPMRewardConfig` (a plain ``RewardConfig`` is upgraded with the GPM defaults).
+        data_collator: default :class:`GPMDataCollator`.
+        train_dataset, eval_dataset: TRL preference datasets (standard or conversational, implicit or explicit
+            prompt, optional ``margin``), or pre-tokenized ones with ``chosen_ids``/``rejected_ids`` (and optionally
+            ``prompt_length``).
+        processing_class: the tokenizer (default: loaded from the model id/path).
+        **kwargs: the other ``RewardTrainer`` arguments (``callbacks``, ``optimizers``, ``peft_config``...).
+
+    Raises:
+        ArgumentError: a dataset without ``chosen``/``rejected`` (or ``chosen_ids``/``rejected_ids``) columns, a
+            :class:`GPMModel` that disagrees with ``args.loss``, or an unsupported model type.
+        ShapeError: an odd ``value_head_dim`` (from :class:`GPMRewardConfig`).
+    """
+
+    _tag_names: ClassVar[list[str]] = ["trl", "reward-trainer", "gpmkit", "gpm"]
+    _name = "GPM Reward"
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike, PreTrainedModel],
+        args: Optional[RewardConfig] = None,
+        data_collator: Any = None,
+        train_dataset: Optional[Union[Dataset, IterableDataset]] = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = GPMRewardConfig(output_dir="gpm-reward")
+        elif not isinstance(args, GPMRewardConfig):
+            raise ArgumentError(f"args: expected a GPMRewardConfig, got {type(args).__name__}")
+        if isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            if processing_class is None:
+                revision = (args.model_init_kwargs or {}).get("revision")
+                processing_class = AutoTokenizer.from_pretrained(
+                    path, revision=revision, trust_remote_code=args.trust_remote_code
+                )
+            model = self._load_model(path, args)
+        elif isinstance(model, GPMModel):
+            if model.config.bt != (args.loss == "bt"):
+                raise ArgumentError(
+                    f"model: a GPMModel with bt={model.config.bt} cannot be trained with loss={args.loss!r}; build "
+                    "it with bt=True for loss='bt' (or pass a backbone and let the trainer add the heads)"
+                )
+        elif isinstance(model, PreTrainedModel):
+            model = self._wrap(model, args)
+        else:
+            raise ArgumentError(
+                f"model: expected a GPMModel, a model id/path or a PreTrainedModel, got {type(model).__name__}"
+            )
+        if data_collator is None and processing_class is not None:
+            pad = processing_class.pad_token_id
+            if pad is None:
+                pad = processing_class.eos_token_id
+            data_collator = GPMDataCollator(pad_token_id=pad, pad_to_multiple_of=args.pad_to_multiple_of)
+        # RewardTrainer rejects models whose config.num_labels != 1 (a sequence-classification convention that a
+        # GPM does not use); present num_labels = 1 for the duration of its __init__ only.
+        config = model.config
+        saved = (config.id2label, config.label2id)
+        config.num_labels = 1
+        try:
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
+        finally:
+            config.id2label, config.label2id = saved
+
+    @staticmethod
+    def _head_kwargs(args: GPMRewardConfig) -> dict[str, Any]:
+        if args.loss == "bt":
+            return {"bt": True, "tau": args.tau}
+        return {
+            "value_head_dim": args.value_head_dim,
+            "gate": args.gate,
+            "gate_activation": args.gate_activation,
+            "l2_normalize": args.l2_normalize,
+            "tau": args.tau,
+        }
+
+    def _load_model(self, path: str, args: GPMRewardConfig) -> GPMModel:
+        """A :class:`GPMModel` from a model id/path (gpmkit checkpoint, or a backbone plus fresh heads)."""
+        from transformers import set_seed
+
+        kwargs = dict(args.model_init_kwargs or {})
+        kwargs.setdefault("dtype", torch.float32)
+        kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        if _is_gpm_checkpoint(path):
+            model = GPMModel.from_pretrained(path, **kwargs)
+            if model.config.bt != (args.loss == "bt"):
+                raise ArgumentError(f"model: checkpoint {path!r} has bt={model.config.bt}, but loss={args.loss!r}")
+            return model
+        backbone = AutoModel.from_pretrained(path, **kwargs)
+        set_seed(args.seed)  # the heads are random: same seed, same heads (as RewardTrainer does)
+        return self._wrap(backbone, args)
+
+    @classmethod
+    def _wrap(cls, backbone: PreTrainedModel, args: GPMRewardConfig) -> GPMModel:
+        """``GPMModel.from_backbone`` with the config's head fields."""
+        return GPMModel.from_backbone(backbone, **cls._head_kwargs(args))
+
+    # ----------------------------------------------------------------------------------------------
+    # data
+
+    def _prepare_dataset(
+        self,
+        dataset: Union[Dataset, IterableDataset],
+        processing_class: Any,
+        args: RewardConfig,
+        dataset_name: str,
+    ) -> Union[Dataset, IterableDataset]:
+        """Tokenizes a preference dataset like TRL and adds the ``prompt_length`` column; filters by ``max_length``."""
+        columns = get_dataset_column_names(dataset)
+        is_processed = "chosen_ids" in columns and "rejected_ids" in columns
+        if not is_processed and not ("chosen" in columns and "rejected" in columns):
+            raise ArgumentError(
+                f"{dataset_name}_dataset: expected 'chosen' and 'rejected' columns (optionally 'prompt' and "
+                f"'margin'), or pre-tokenized 'chosen_ids' and 'rejected_ids', got columns {sorted(columns)}"
+            )
+        map_kwargs: dict[str, Any] = {}
+        if isinstance(dataset, Dataset):
+            map_kwargs["num_proc"] = args.dataset_num_proc
+        with global_then_local_main_first():
+            if not is_processed:
+                if isinstance(dataset, Dataset):
+                    map_kwargs["desc"] = f"Tokenizing {dataset_name} dataset"
+                dataset = dataset.map(_tokenize_pair, fn_kwargs={"processing_class": processing_class}, **map_kwargs)
+            elif "prompt_length" not in columns:
+                if isinstance(dataset, Dataset):
+                    map_kwargs["desc"] = f"Prompt lengths of {dataset_name} dataset"
+                dataset = dataset.map(_add_prompt_length, **map_kwargs)
+            if args.max_length is not None:
+                if isinstance(dataset, Dataset):
+                    map_kwargs["desc"] = f"Filtering {dataset_name} >{args.max_length} tokens"
+                max_length = args.max_length
+                dataset = dataset.filter(
+                    lambda ex: len(ex["chosen_ids"]) <= max_length and len(ex["rejected_ids"]) <= max_length,
+                    **map_kwargs,
+                )
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        """Keeps the columns the :class:`GPMDataCollator` needs when ``remove_unused_columns`` is on."""
+        if self._signature_columns is None:
+            self._signature_columns = ["chosen_ids", "rejected_ids", "prompt_length", "margin"]
+
+    # ----------------------------------------------------------------------------------------------
+    # loss and metrics
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """GPM (or BT) loss of a collated batch; logs accuracy, scores, gate entropy and token counts.
+
+        The model's forward (= :meth:`GPMModel.embed`, called through the wrapped model so DDP and autocast
+        hooks apply) runs once on the 2B sequences; the loss is :func:`gpmkit.functional.gpm_loss` on
+        ``(v[:B], v[B:], gate[:B])`` (the chosen rows' gate is the prompt's gate) or
+        :func:`gpmkit.functional.bt_loss` on ``(r[:B], r[B:])``, with ``tau = args.tau`` and the margin.
+        ``return_outputs`` gives ``{"scores": s [B]}`` (what evaluation collects as predictions).
+        """
+        mode = "train" if self.model.training else "eval"
+        attention_mask = inputs["attention_mask"]
+        v, gate = model(
+            input_ids=inputs["input_ids"], attention_mask=attention_mask, prompt_lengths=inputs.get("prompt_lengths")
+        )
+        v_chosen, v_rejected = torch.chunk(v, 2)
+        gate_chosen = None if gate is None else torch.chunk(gate, 2)[0]
+        margin = inputs.get("margin")
+        tau = self.args.tau
+        if self.args.loss == "bt":
+            r_chosen, r_rejected = v_chosen.squeeze(-1), v_rejected.squeeze(-1)
+            loss = F.bt_loss(r_chosen, r_rejected, tau=tau, margin=margin)
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean((r_chosen + r_rejected) ** 2)
+            with torch.no_grad():
+                scores = (r_chosen - r_rejected).float()
+        else:
+            loss = F.gpm_loss(v_chosen, v_rejected, gate=gate_chosen, tau=tau, margin=margin)
+            with torch.no_grad():
+                scores = F.preference_score(v_chosen.detach(), v_rejected.detach(), gate_chosen).float()
+
+        if mode == "train":
+            num_tokens = self.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
+            self._total_train_tokens += num_tokens // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        with torch.no_grad():
+            gather = self.accelerator.gather_for_metrics
+            metrics = {
+                "accuracy": (scores > 0).float().mean(),
+                "mean_score": scores.mean(),
+                "mean_abs_score": scores.abs().mean(),
+            }
+            if gate_chosen is not None:
+                p = gate_chosen.detach().float()
+                p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+                metrics["gate_entropy"] = torch.special.entr(p).sum(-1).mean()
+            for key, value in metrics.items():
+                self._metrics[mode][key].append(gather(value).mean().item())
+        return (loss, {"scores": scores}) if return_outputs else loss
