@@ -39,8 +39,8 @@ build: setup
 lint: setup
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
 	$(PY) -m mypy.stubtest gpmkit._core
 
 test-rust: setup

@@ -39,7 +39,10 @@ It needs the ``trl`` extra (``pip install gpmkit[trl]``).
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Union
 
@@ -56,7 +59,9 @@ from .exceptions import ArgumentError, ShapeError
 from .models import GPMConfig, GPMModel
 from .nn import _GATE_ACTIVATIONS
 
-__all__ = ["GPMDataCollator", "GPMRewardConfig", "GPMRewardTrainer"]
+__all__ = ["GPMDataCollator", "GPMRewardConfig", "GPMRewardTrainer", "check_preference_row"]
+
+logger = logging.getLogger(__name__)
 
 _LOSSES = ("gpm", "bt")
 
@@ -208,6 +213,77 @@ def _shared_messages(chosen: list, rejected: list) -> int:
     return n
 
 
+def _check_text(value: Any, field_name: str, where: str) -> str:
+    """``"text"`` or ``"messages"``; raises :class:`ArgumentError` naming ``where`` and the field otherwise."""
+    if value is None:
+        raise ArgumentError(f"{where}: field {field_name!r} is missing (null)")
+    if isinstance(value, str):
+        if not value.strip():
+            raise ArgumentError(f"{where}: field {field_name!r} is empty")
+        return "text"
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            raise ArgumentError(f"{where}: field {field_name!r} is an empty message list")
+        for i, message in enumerate(value):
+            if not isinstance(message, dict):
+                raise ArgumentError(
+                    f"{where}: field {field_name!r}[{i}]: expected a message dict with 'role' and 'content', "
+                    f"got {type(message).__name__}"
+                )
+            if not isinstance(message.get("role"), str):
+                raise ArgumentError(
+                    f"{where}: field {field_name!r}[{i}]['role']: expected a string, got "
+                    f"{type(message.get('role')).__name__}"
+                )
+            if not isinstance(message.get("content"), str):
+                raise ArgumentError(
+                    f"{where}: field {field_name!r}[{i}]['content']: expected a string, got "
+                    f"{type(message.get('content')).__name__}"
+                )
+        return "messages"
+    raise ArgumentError(
+        f"{where}: field {field_name!r}: expected a non-empty string or a list of chat messages, "
+        f"got {type(value).__name__} {value!r:.40}"
+    )
+
+
+def check_preference_row(row: Any, where: str = "row") -> None:
+    """Validates one raw preference example; raises :class:`ArgumentError` naming ``where`` and the field.
+
+    Accepted: a dict with ``chosen`` and ``rejected`` (non-empty strings, or non-empty lists of
+    ``{"role": str, "content": str}`` messages), an optional ``prompt`` of the same kind (a message list
+    prompt with message list completions), an optional numeric ``margin``; or pre-tokenized ``chosen_ids`` /
+    ``rejected_ids`` (non-empty lists of ints). A ``prompt`` key whose value is ``None``/empty is an error
+    (a column that exists must be filled in every row).
+
+    Args:
+        row: the example.
+        where: how errors name the example, e.g. ``"train_dataset row 3"`` or ``"train.jsonl line 4"``.
+    """
+    if not isinstance(row, Mapping):
+        raise ArgumentError(f"{where}: expected a JSON object (dict), got {type(row).__name__}")
+    if "chosen_ids" in row or "rejected_ids" in row:
+        for key in ("chosen_ids", "rejected_ids"):
+            ids = row.get(key)
+            if (
+                not isinstance(ids, (list, tuple))
+                or not ids
+                or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
+            ):
+                raise ArgumentError(f"{where}: field {key!r}: expected a non-empty list of token ids, got {ids!r:.40}")
+        return
+    kinds = {key: _check_text(row.get(key), key, where) for key in ("chosen", "rejected")}
+    if "prompt" in row:
+        kinds["prompt"] = _check_text(row["prompt"], "prompt", where)
+    if len(set(kinds.values())) > 1:
+        raise ArgumentError(
+            f"{where}: fields mix plain strings and message lists ({', '.join(f'{k}: {v}' for k, v in kinds.items())})"
+        )
+    margin = row.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+        raise ArgumentError(f"{where}: field 'margin': expected a finite number, got {margin!r:.40}")
+
+
 def _tokenize_pair(example: dict[str, Any], processing_class: Any) -> dict[str, Any]:
     """``chosen_ids``, ``rejected_ids`` (as TRL tokenizes them) and ``prompt_length`` of one raw example."""
     prompt = example.get("prompt")
@@ -234,6 +310,11 @@ def _tokenize_pair(example: dict[str, Any], processing_class: Any) -> dict[str, 
             n_prompt = min(_common_prefix(prompt_ids, chosen_ids), _common_prefix(prompt_ids, rejected_ids))
     else:
         eos = processing_class.eos_token
+        if eos is None:
+            raise ArgumentError(
+                "processing_class.eos_token: standard (plain text) preference data gets an EOS appended to each "
+                "sequence, as in TRL, but the tokenizer has no eos_token; set tokenizer.eos_token"
+            )
         chosen, rejected = example["chosen"], example["rejected"]
         if not chosen.endswith(eos):
             chosen = chosen + eos
@@ -255,10 +336,38 @@ def _tokenize_pair(example: dict[str, Any], processing_class: Any) -> dict[str, 
     }
 
 
+def _check_and_tokenize(example: dict[str, Any], index: int, processing_class: Any, dataset_name: str):
+    """:func:`check_preference_row` (naming ``<dataset_name>_dataset row <index>``), then :func:`_tokenize_pair`."""
+    check_preference_row(example, f"{dataset_name}_dataset row {index}")
+    return _tokenize_pair(example, processing_class)
+
+
 def _add_prompt_length(example: dict[str, Any]) -> dict[str, Any]:
     """Pre-tokenized pairs without a ``prompt_length``: the longest common prefix of the two sequences."""
     c, r = list(example["chosen_ids"]), list(example["rejected_ids"])
     return {"prompt_length": _clamp(_common_prefix(c, r), c, r)}
+
+
+class _FitsMaxLength:
+    """Filter predicate ``len(chosen_ids) <= max_length and len(rejected_ids) <= max_length``.
+
+    For streamed (``IterableDataset``) data the drops are counted in ``counts[name]`` as the pairs go by, with a
+    warning at the first one; for ``Dataset`` the trainer counts them exactly after filtering.
+    """
+
+    def __init__(self, max_length: int, counts: dict, name: str, warn: bool) -> None:
+        self.max_length, self.counts, self.name, self.warn = max_length, counts, name, warn
+
+    def __call__(self, example: dict[str, Any]) -> bool:
+        ok = len(example["chosen_ids"]) <= self.max_length and len(example["rejected_ids"]) <= self.max_length
+        if not ok:
+            self.counts[self.name] = self.counts.get(self.name, 0) + 1
+            if self.warn and self.counts[self.name] == 1:
+                logger.warning(
+                    "%s_dataset: dropping preference pairs longer than max_length=%d tokens (counted in "
+                    "trainer.dropped_pairs[%r])", self.name, self.max_length, self.name,
+                )  # fmt: skip
+        return ok
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,8 +398,15 @@ class GPMRewardTrainer(RewardTrainer):
         processing_class: the tokenizer (default: loaded from the model id/path).
         **kwargs: the other ``RewardTrainer`` arguments (``callbacks``, ``optimizers``, ``peft_config``...).
 
+    Attributes:
+        dropped_pairs: ``{"train": n, "eval": m}``, the number of pairs of each dataset dropped for being longer
+            than ``args.max_length`` (also logged as a warning by the ``gpmkit.trl`` logger when non-zero).
+
     Raises:
         ArgumentError: a dataset without ``chosen``/``rejected`` (or ``chosen_ids``/``rejected_ids``) columns, a
+            row with a missing (``None``), empty or non-text ``prompt``/``chosen``/``rejected`` or a non-numeric
+            ``margin`` (the message names ``<train|eval>_dataset row <i>`` and the field), standard text data with
+            a tokenizer without ``eos_token``, a tokenizer with neither ``pad_token`` nor ``eos_token``, a
             :class:`GPMModel` that disagrees with ``args.loss``, or an unsupported model type.
         ShapeError: an odd ``value_head_dim`` (from :class:`GPMRewardConfig`).
     """
@@ -332,8 +448,18 @@ class GPMRewardTrainer(RewardTrainer):
             raise ArgumentError(
                 f"model: expected a GPMModel, a model id/path or a PreTrainedModel, got {type(model).__name__}"
             )
+        self.dropped_pairs: dict[str, int] = {}
+        if processing_class is not None and hasattr(processing_class, "get_vocab"):
+            pad_token = args.pad_token or processing_class.pad_token or processing_class.eos_token
+            if pad_token is None:
+                raise ArgumentError(
+                    f"processing_class: the tokenizer ({type(processing_class).__name__}) has neither pad_token nor "
+                    "eos_token, so batches cannot be padded; set tokenizer.pad_token (or args.pad_token)"
+                )
         if data_collator is None and processing_class is not None:
             pad = processing_class.pad_token_id
+            if args.pad_token is not None:
+                pad = processing_class.convert_tokens_to_ids(args.pad_token)
             if pad is None:
                 pad = processing_class.eos_token_id
             data_collator = GPMDataCollator(pad_token_id=pad, pad_to_multiple_of=args.pad_to_multiple_of)
@@ -413,7 +539,12 @@ class GPMRewardTrainer(RewardTrainer):
             if not is_processed:
                 if isinstance(dataset, Dataset):
                     map_kwargs["desc"] = f"Tokenizing {dataset_name} dataset"
-                dataset = dataset.map(_tokenize_pair, fn_kwargs={"processing_class": processing_class}, **map_kwargs)
+                dataset = dataset.map(
+                    _check_and_tokenize,
+                    with_indices=True,
+                    fn_kwargs={"processing_class": processing_class, "dataset_name": dataset_name},
+                    **map_kwargs,
+                )
             elif "prompt_length" not in columns:
                 if isinstance(dataset, Dataset):
                     map_kwargs["desc"] = f"Prompt lengths of {dataset_name} dataset"
@@ -422,10 +553,20 @@ class GPMRewardTrainer(RewardTrainer):
                 if isinstance(dataset, Dataset):
                     map_kwargs["desc"] = f"Filtering {dataset_name} >{args.max_length} tokens"
                 max_length = args.max_length
-                dataset = dataset.filter(
-                    lambda ex: len(ex["chosen_ids"]) <= max_length and len(ex["rejected_ids"]) <= max_length,
-                    **map_kwargs,
-                )
+                dropped = getattr(self, "dropped_pairs", None)
+                if dropped is None:
+                    dropped = self.dropped_pairs = {}
+                dropped[dataset_name] = 0
+                keep = _FitsMaxLength(max_length, dropped, dataset_name, warn=not isinstance(dataset, Dataset))
+                n_before = len(dataset) if isinstance(dataset, Dataset) else None
+                dataset = dataset.filter(keep, **map_kwargs)
+                if n_before is not None:  # exact count (num_proc workers cannot update the shared counter)
+                    dropped[dataset_name] = n_before - len(dataset)
+                    if dropped[dataset_name]:
+                        logger.warning(
+                            "%s_dataset: dropped %d of %d preference pairs longer than max_length=%d tokens",
+                            dataset_name, dropped[dataset_name], n_before, max_length,
+                        )  # fmt: skip
         return dataset
 
     def _set_signature_columns_if_needed(self):
