@@ -10,39 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import chat_tokenizer
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("trl")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
 def backbone_dir(tmp_path_factory) -> Path:
     """A tiny random Llama causal LM with an in-process BPE tokenizer (ChatML template), saved like a hub model."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("backbone")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     corpus = ["Name a fruit colour city tree.", "Gladly! A fruit: here is one.", "No. Apple.", "user assistant"] * 20
-    special = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    fast.chat_template = CHATML
+    fast = chat_tokenizer(corpus)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from _helpers import chat_tokenizer
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -21,35 +22,15 @@ from gpmkit.models import GPMConfig, GPMModel  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import AutoConfig, AutoModel, BertConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config  # noqa: E402
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 PROMPT = "Which fruit is the best?"
 RESPONSES = ["Apples, clearly.", "Bananas are great", "pears", "I like cherries a lot.", "None of them"]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A tiny byte-level BPE trained in-process, with a ChatML chat template (offline.md §1)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = [PROMPT, *RESPONSES, "the quick brown fox jumps over the lazy dog", "user assistant system"] * 20
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    fast.chat_template = CHATML
-    return fast
+    """A tiny in-process BPE tokenizer with a ChatML template."""
+    corpus = [PROMPT, *RESPONSES, "the quick brown fox jumps over the lazy dog", "user assistant system"]
+    return chat_tokenizer(corpus * 20)
 
 
 def _backbone_config(kind: str, vocab: int = 320):

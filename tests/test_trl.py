@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from _helpers import chat_tokenizer
 
 pytest.importorskip("trl")
 pytest.importorskip("tokenizers")
@@ -18,35 +19,14 @@ from gpmkit.models import GPMModel
 from gpmkit.trl import GPMDataCollator, GPMRewardConfig, GPMRewardTrainer
 from transformers import AutoModel, LlamaConfig, LlamaForCausalLM, Qwen2Config
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 QUESTIONS = ["What colour is the sky?", "Name a fruit.", "Is water wet?", "Pick a number.", "Say hello.", "Any pet?"]
 GOOD, BAD = "yes yes yes", "no"
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A tiny byte-level BPE trained in-process, with a ChatML chat template (offline.md §1)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = [*QUESTIONS, GOOD, BAD, "the quick brown fox jumps over the lazy dog", "user assistant"] * 20
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    fast.chat_template = CHATML
-    return fast
+    """A tiny in-process BPE tokenizer with a ChatML template."""
+    return chat_tokenizer([*QUESTIONS, GOOD, BAD, "the quick brown fox jumps over the lazy dog", "user assistant"] * 20)
 
 
 def _backbone(kind: str = "llama", vocab: int = 320, causal_lm: bool = False):
