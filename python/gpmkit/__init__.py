@@ -27,17 +27,21 @@ __all__ = [
     "GPMModel",
     "ShapeError",
     "__version__",
+    "data",
+    "datasets",
+    "eval",
     "exceptions",
     "functional",
     "get_num_threads",
     "models",
     "nn",
     "ops",
+    "pairwise",
     "set_num_threads",
     "trl",
 ]
 
-_LAZY_MODULES = {"functional", "models", "nn", "ops", "trl"}
+_LAZY_MODULES = {"data", "datasets", "eval", "functional", "models", "nn", "ops", "pairwise", "trl"}
 _LAZY_ATTRS = {"GPMConfig": "models", "GPMHead": "nn", "GPMModel": "models"}
 
 

@@ -13,6 +13,7 @@ Importing this module is cheap: torch, transformers and trl are imported by the 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -21,6 +22,10 @@ from typing import Any, Optional, Sequence
 from .exceptions import ArgumentError, GPMError
 
 __all__ = ["main", "read_jsonl"]
+
+# Modules that add a subcommand: each has ``add_subparser(subparsers, formatter_class)`` which adds its parser and
+# sets ``func`` (taking the parsed args, returning the exit status). Importing them must not import torch.
+_COMMAND_MODULES = ("demo", "eval._cli", "_bench_real")
 
 # Extra transformers TrainerCallbacks given to the trainer of `gpmkit train` (a test hook).
 _CALLBACKS: list = []
@@ -328,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--bf16", action="store_true", help="bf16 autocast")
     score.add_argument("--json", action="store_true", help='print {"matrix": ..., "win_scores": ...} as JSON')
     score.set_defaults(func=_score)
+    for name in _COMMAND_MODULES:
+        try:  # TEMP guard while the command modules land
+            module = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError:
+            continue
+        module.add_subparser(sub, fmt)
     return parser
 
 
