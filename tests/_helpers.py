@@ -352,3 +352,18 @@ def chat_tokenizer(corpus: list[str], vocab_size: int = 300):
     )
     fast.chat_template = CHATML
     return fast
+
+
+def save_tiny_llama(path, corpus: list[str], seed: int = 0) -> str:
+    """Save a tiny random Llama causal LM and a :func:`chat_tokenizer` on ``corpus`` into one directory,
+    laid out like a hub model, so ``from_pretrained(path)`` / ``--backbone PATH`` load both offline."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(path)
+    chat_tokenizer(corpus).save_pretrained(path)
+    return str(path)

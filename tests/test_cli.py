@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from _helpers import chat_tokenizer
+from _helpers import chat_tokenizer, save_tiny_llama
 
 pytest.importorskip("trl")
 pytest.importorskip("tokenizers")
@@ -19,29 +19,24 @@ from gpmkit import cli
 from gpmkit.exceptions import ArgumentError
 from gpmkit.models import GPMModel
 from gpmkit.trl import GPMRewardConfig, GPMRewardTrainer
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 
 QUESTIONS = ["What colour is the sky?", "Name a fruit.", "Is water wet?", "Pick a number.", "Say hello.", "Any pet?"]
 GOOD, BAD = "yes yes yes", "no"
 
 
+CORPUS = [*QUESTIONS, GOOD, BAD, "the quick brown fox jumps over the lazy dog", "user assistant"] * 20
+
+
 def _tokenizer():
     """A tiny in-process BPE tokenizer with a ChatML template."""
-    return chat_tokenizer([*QUESTIONS, GOOD, BAD, "the quick brown fox jumps over the lazy dog", "user assistant"] * 20)
+    return chat_tokenizer(CORPUS)
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     """A tiny random Llama and its tokenizer saved in one directory (``--backbone DIR`` loads both offline)."""
-    path = tmp_path_factory.mktemp("backbone")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
-    )  # fmt: skip
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    _tokenizer().save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("backbone"), CORPUS)
 
 
 def _rows(fmt: str = "standard_explicit") -> list[dict]:

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from _helpers import chat_tokenizer
+from _helpers import save_tiny_llama
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("trl")
@@ -21,19 +20,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 @pytest.fixture(scope="module")
 def backbone_dir(tmp_path_factory) -> Path:
     """A tiny random Llama causal LM with an in-process BPE tokenizer (ChatML template), saved like a hub model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("backbone")
     corpus = ["Name a fruit colour city tree.", "Gladly! A fruit: here is one.", "No. Apple.", "user assistant"] * 20
-    fast = chat_tokenizer(corpus)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
+    return Path(save_tiny_llama(tmp_path_factory.mktemp("backbone"), corpus))
 
 
 def _env() -> dict:
