@@ -1,5 +1,6 @@
 # gpmkit: the one entry point. Every target is idempotent; everything but `setup` depends on it.
 #   make setup   Python env at .venv (pinned, see requirements-dev.txt) + the extension built into it
+#   make demo    GPM vs Bradley-Terry on cyclic and real human preference data → demo/ (plots, results.json)
 #   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
 #   make bench   benchmarks vs PyTorch (appends a section to BENCHMARKS.md) + criterion benches of the kernels
 #   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
@@ -16,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup build test lint test-rust test-python bench bench-rust wheel clean help
+.PHONY: setup build demo test lint test-rust test-python bench bench-rust wheel clean help
 
 help:
 	@sed -n '1,/^$$/p' Makefile
@@ -50,6 +51,9 @@ test-python: setup wheel
 	$(PY) -m pytest -q
 
 test: lint test-rust test-python
+
+demo: setup
+	$(PY) -m gpmkit demo --out demo
 
 bench: setup
 	$(PY) benches/bench_kernels.py --threads 2

@@ -264,7 +264,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``gpmkit`` argument parser (subcommands ``train`` and ``score``)."""
+    """The ``gpmkit`` argument parser (``train``, ``score``, and ``demo``/``eval``/``bench`` from their modules)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -334,11 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help='print {"matrix": ..., "win_scores": ...} as JSON')
     score.set_defaults(func=_score)
     for name in _COMMAND_MODULES:
-        try:  # TEMP guard while the command modules land
-            module = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError:
-            continue
-        module.add_subparser(sub, fmt)
+        importlib.import_module(f".{name}", __package__).add_subparser(sub, fmt)
     return parser
 
 
