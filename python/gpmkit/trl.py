@@ -625,3 +625,12 @@ class GPMRewardTrainer(RewardTrainer):
             for key, value in metrics.items():
                 self._metrics[mode][key].append(gather(value).mean().item())
         return (loss, {"scores": scores}) if return_outputs else loss
+
+
+# --------------------------------------------------------------------------------------------------
+# GPO (issue 7): the self-play trainer and the GPM reward adapters live in gpmkit._gpo (torch/transformers only;
+# accelerate is imported when a GPOTrainer is built). Re-exported here; ``import gpmkit`` still imports none of it.
+
+from ._gpo import GPOConfig, GPOTrainer, gpm_pairwise_reward_func, gpm_reward_func, gpo_targets  # noqa: E402
+
+__all__ += ["GPOConfig", "GPOTrainer", "gpm_pairwise_reward_func", "gpm_reward_func", "gpo_targets"]
