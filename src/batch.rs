@@ -58,14 +58,9 @@ fn idx(x: i64, arg: &'static str, what: &str, bound: usize) -> Result<usize> {
     Ok(x as usize)
 }
 
-fn check_offsets(off: &[i64], arg: &'static str, end: usize, n_expected: Option<usize>) -> Result<()> {
+fn check_offsets(off: &[i64], arg: &'static str, end: usize) -> Result<()> {
     if off.is_empty() {
         return Err(GpmError::shape(arg, "at least 1 offset (n + 1 entries, starting at 0)", "0 entries"));
-    }
-    if let Some(n) = n_expected {
-        if off.len() != n + 1 {
-            return Err(GpmError::shape(arg, format!("[{}]", n + 1), format!("[{}]", off.len())));
-        }
     }
     if off[0] != 0 {
         return Err(GpmError::value(arg, "offsets starting at 0", format!("{arg}[0] = {}", off[0])));
@@ -81,7 +76,11 @@ fn check_offsets(off: &[i64], arg: &'static str, end: usize, n_expected: Option<
     }
     let last = *off.last().expect("non-empty");
     if last as u64 != end as u64 {
-        return Err(GpmError::value(arg, format!("last offset = {end} (the length of the indexed array)"), last.to_string()));
+        return Err(GpmError::value(
+            arg,
+            format!("last offset = {end} (the length of the indexed array)"),
+            last.to_string(),
+        ));
     }
     Ok(())
 }
@@ -103,40 +102,102 @@ impl<'a> Store<'a> {
 
     /// Checks every structural invariant (O(S + R + P), tokens are not read). After `Ok`, no accessor panics.
     pub fn validate(&self) -> Result<()> {
-        let n_seg = self.seg_offsets.len().saturating_sub(1);
-        check_offsets(self.seg_offsets, "seg_offsets", self.tokens.len(), None)?;
+        check_offsets(self.seg_offsets, "seg_offsets", self.tokens.len())?;
+        self.validate_records(0..self.n_records())
+    }
+
+    /// Checks the array sizes and the given records only (their segments, responses and pairs): enough for
+    /// [`collate`] of those records not to panic, at a cost proportional to the records.
+    pub fn validate_records(&self, records: impl IntoIterator<Item = usize>) -> Result<()> {
         let n_rec = self.rec_prompt.len();
-        check_offsets(self.rec_resp_offsets, "rec_resp_offsets", self.resp_seg.len(), Some(n_rec))?;
-        check_offsets(self.rec_pair_offsets, "rec_pair_offsets", self.pairs.len() / 2, Some(n_rec))?;
-        if self.pairs.len() % 2 != 0 {
-            return Err(GpmError::shape("pairs", "[P, 2] (an even number of entries)", format!("{} entries", self.pairs.len())));
+        if self.seg_offsets.is_empty() {
+            return Err(GpmError::shape(
+                "seg_offsets",
+                "at least 1 offset (S + 1 entries, starting at 0)",
+                "0 entries",
+            ));
         }
-        let seg_len = |s: usize| self.seg_offsets[s + 1] - self.seg_offsets[s];
+        if self.rec_resp_offsets.len() != n_rec + 1 {
+            return Err(GpmError::shape(
+                "rec_resp_offsets",
+                format!("[{}]", n_rec + 1),
+                format!("[{}]", self.rec_resp_offsets.len()),
+            ));
+        }
+        if self.rec_pair_offsets.len() != n_rec + 1 {
+            return Err(GpmError::shape(
+                "rec_pair_offsets",
+                format!("[{}]", n_rec + 1),
+                format!("[{}]", self.rec_pair_offsets.len()),
+            ));
+        }
+        if self.pairs.len() % 2 != 0 {
+            return Err(GpmError::shape(
+                "pairs",
+                "[P, 2] (an even number of entries)",
+                format!("{} entries", self.pairs.len()),
+            ));
+        }
+        let n_seg = self.seg_offsets.len() - 1;
+        let seg_len = |s: usize, what: &dyn Fn() -> String| -> Result<i64> {
+            let (a, b) = (self.seg_offsets[s], self.seg_offsets[s + 1]);
+            if a < 0 || b < a || b as u64 > self.tokens.len() as u64 {
+                return Err(GpmError::value(
+                    "seg_offsets",
+                    format!("{}: 0 ≤ start ≤ end ≤ {} tokens", what(), self.tokens.len()),
+                    format!("segment {s} = [{a}, {b})"),
+                ));
+            }
+            Ok(b - a)
+        };
+        let range = |off: &[i64], r: usize, arg: &'static str, end: usize| -> Result<(usize, usize)> {
+            let (a, b) = (off[r], off[r + 1]);
+            if a < 0 || b < a || b as u64 > end as u64 {
+                return Err(GpmError::value(
+                    arg,
+                    format!("record {r}: 0 ≤ start ≤ end ≤ {end}"),
+                    format!("[{a}, {b})"),
+                ));
+            }
+            Ok((a as usize, b as usize))
+        };
         let mut seen: HashMap<(i64, i64), (), IdBuild> = HashMap::default();
-        for r in 0..n_rec {
+        for r in records {
+            if r >= n_rec {
+                return Err(GpmError::value("records", format!("record indices in [0, {n_rec})"), r.to_string()));
+            }
             let p = idx(self.rec_prompt[r], "rec_prompt", &format!("record {r}: a segment index"), n_seg)?;
-            if seg_len(p) == 0 {
+            if seg_len(p, &|| format!("record {r} prompt"))? == 0 {
                 return Err(GpmError::value("prompts", format!("record {r}: a non-empty prompt"), "0 tokens"));
             }
-            let (a, b) = (self.rec_resp_offsets[r] as usize, self.rec_resp_offsets[r + 1] as usize);
+            let (a, b) = range(self.rec_resp_offsets, r, "rec_resp_offsets", self.resp_seg.len())?;
             let k = b - a;
             if k < 2 {
                 return Err(GpmError::value("responses", format!("record {r}: at least 2 responses"), format!("{k}")));
             }
             for (i, &s) in self.resp_seg[a..b].iter().enumerate() {
                 let s = idx(s, "resp_seg", &format!("record {r} response {i}: a segment index"), n_seg)?;
-                if seg_len(s) == 0 {
-                    return Err(GpmError::value("responses", format!("record {r} response {i}: a non-empty response"), "0 tokens"));
+                if seg_len(s, &|| format!("record {r} response {i}"))? == 0 {
+                    return Err(GpmError::value(
+                        "responses",
+                        format!("record {r} response {i}: a non-empty response"),
+                        "0 tokens",
+                    ));
                 }
             }
             seen.clear();
-            for q in self.rec_pair_offsets[r] as usize..self.rec_pair_offsets[r + 1] as usize {
+            let (a, b) = range(self.rec_pair_offsets, r, "rec_pair_offsets", self.pairs.len() / 2)?;
+            for q in a..b {
                 let (i, j) = (self.pairs[2 * q], self.pairs[2 * q + 1]);
                 for x in [i, j] {
                     idx(x, "pairs", &format!("record {r} pair {q}: a response index"), k)?;
                 }
                 if i == j {
-                    return Err(GpmError::value("pairs", format!("record {r} pair {q}: two different responses"), format!("self-pair ({i}, {j})")));
+                    return Err(GpmError::value(
+                        "pairs",
+                        format!("record {r} pair {q}: two different responses"),
+                        format!("self-pair ({i}, {j})"),
+                    ));
                 }
                 if seen.insert((i.min(j), i.max(j)), ()).is_some() {
                     return Err(GpmError::value(
@@ -180,7 +241,9 @@ fn fit(p: usize, q: usize, r: usize, k: usize, opts: &LengthOptions) -> Result<(
         Some(m) if p + q > m => match opts.overlong {
             Overlong::Error => Err(GpmError::value(
                 "max_length",
-                format!("record {r} response {k}: a sequence of at most max_length = {m} tokens (or overlong='truncate')"),
+                format!(
+                    "record {r} response {k}: a sequence of at most max_length = {m} tokens (or overlong='truncate')"
+                ),
                 format!("{} tokens (prompt {p} + response {q})", p + q),
             )),
             Overlong::Truncate if p >= m => Err(GpmError::value(
@@ -419,7 +482,11 @@ pub fn layout(seqs: &[Seq], how: Layout) -> Result<Tokens> {
         }
         total += s.len();
         if total > i32::MAX as usize {
-            return Err(GpmError::value("sequences", "at most 2^31 − 1 tokens per batch (cu_seq_lens is int32)", total.to_string()));
+            return Err(GpmError::value(
+                "sequences",
+                "at most 2^31 − 1 tokens per batch (cu_seq_lens is int32)",
+                total.to_string(),
+            ));
         }
         t.cu_seq_lens.push(total as i32);
         t.max_length = t.max_length.max(s.len());
@@ -673,7 +740,11 @@ pub fn plan(costs: &[RecordCost], opts: &PlanOptions) -> Result<Plan> {
         return Err(GpmError::value("world_size", "a positive number of ranks", "0"));
     }
     if opts.rank >= opts.world_size {
-        return Err(GpmError::value("rank", format!("a rank in [0, world_size = {})", opts.world_size), opts.rank.to_string()));
+        return Err(GpmError::value(
+            "rank",
+            format!("a rank in [0, world_size = {})", opts.world_size),
+            opts.rank.to_string(),
+        ));
     }
     if opts.max_records == Some(0) {
         return Err(GpmError::value("max_records", "a positive number of records per batch (or None)", "0"));
@@ -765,6 +836,9 @@ pub fn plan(costs: &[RecordCost], opts: &PlanOptions) -> Result<Plan> {
 mod tests {
     use super::*;
 
+    /// `(prompt, responses, pairs)`.
+    type Rec = (Vec<i64>, Vec<Vec<i64>>, Vec<(i64, i64)>);
+
     /// A store built from `(prompt, responses, pairs)` records.
     struct Owned {
         tokens: Vec<i64>,
@@ -777,7 +851,7 @@ mod tests {
     }
 
     impl Owned {
-        fn new(records: &[(Vec<i64>, Vec<Vec<i64>>, Vec<(i64, i64)>)]) -> Self {
+        fn new(records: &[Rec]) -> Self {
             let mut o = Owned {
                 tokens: vec![],
                 seg_offsets: vec![0],
@@ -901,7 +975,8 @@ mod tests {
         let o = sample();
         let st = o.store();
         for side in [Side::Left, Side::Right] {
-            let c = collate(&st, &[1], &LengthOptions::default(), Layout::Padded { pad_id: -1, side, multiple_of: 4 }).unwrap();
+            let c = collate(&st, &[1], &LengthOptions::default(), Layout::Padded { pad_id: -1, side, multiple_of: 4 })
+                .unwrap();
             let t = &c.tokens;
             assert_eq!(t.width, 4);
             if side == Side::Right {
@@ -985,7 +1060,20 @@ mod tests {
         for drop_last in [false, true] {
             let w = 3;
             let plans: Vec<Plan> = (0..w)
-                .map(|rank| plan(&c, &PlanOptions { max_tokens: 200, world_size: w, rank, drop_last, bucket_size: 16, ..Default::default() }).unwrap())
+                .map(|rank| {
+                    plan(
+                        &c,
+                        &PlanOptions {
+                            max_tokens: 200,
+                            world_size: w,
+                            rank,
+                            drop_last,
+                            bucket_size: 16,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap()
+                })
                 .collect();
             let steps = plans[0].steps;
             assert!(plans.iter().all(|p| p.steps == steps && p.batches.len() == steps));
@@ -1022,7 +1110,8 @@ mod tests {
         let p = plan(&costs(&[10, 10, 10]), &PlanOptions { max_records: Some(2), ..base }).unwrap();
         assert_eq!(p.batches.len(), 2);
         // padded cost: n_seqs · longest
-        let pc = vec![RecordCost { n_seqs: 4, tokens: 40, longest: 30 }, RecordCost { n_seqs: 4, tokens: 40, longest: 10 }];
+        let pc =
+            vec![RecordCost { n_seqs: 4, tokens: 40, longest: 30 }, RecordCost { n_seqs: 4, tokens: 40, longest: 10 }];
         let p = plan(&pc, &PlanOptions { max_tokens: 130, padded: true, ..base }).unwrap();
         assert_eq!(p.batches.len(), 2, "4·30 + 4 more seqs at 30 wide > 130");
         assert_eq!(plan(&pc, &PlanOptions { max_tokens: 130, ..base }).unwrap().batches.len(), 1);
