@@ -296,3 +296,15 @@ def test_stream_batches_from_jsonl(tmp_path):
     bad = [*records[:20], {"prompt_ids": [1], "response_ids": [[1], [2]], "pairs": [[0, 0]]}]
     with pytest.raises(ArgumentError, match="record 20 pair"):
         list(stream_batches(bad, max_tokens=60, window=16))
+
+
+def test_stream_batches_from_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    records = [dict(r, pairs=[list(p) for p in r["pairs"]]) for r in random_records(30, 5)]
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=7)
+    batches = list(stream_batches(str(path), max_tokens=50, window=8, shuffle=False))
+    assert sum(len(b["pair_rows"]) for b in batches) == sum(len(r["pairs"]) for r in records)
+    direct = list(stream_batches(records, max_tokens=50, window=8, shuffle=False))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, direct))
