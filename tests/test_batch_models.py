@@ -153,3 +153,23 @@ def test_packed_equals_padded_on_smollm2(smollm2_dir):  # noqa: F811
         v2, g2 = _padded(gpm, padded)
     torch.testing.assert_close(v1, v2, atol=1e-4, rtol=0)
     torch.testing.assert_close(g1, g2, atol=1e-4, rtol=0)
+
+
+def test_score_packed_equals_padded():
+    from _helpers import chat_tokenizer
+    from test_models import PROMPT, RESPONSES
+
+    tok = chat_tokenizer([PROMPT, *RESPONSES, "user assistant system"] * 20)
+    model = _model("llama", "sdpa", gate=True)
+    for bs in (2, 8):
+        packed = model.score(PROMPT, RESPONSES, tok, batch_size=bs)
+        padded = model.score(PROMPT, RESPONSES, tok, batch_size=bs, packing=False)
+        torch.testing.assert_close(packed, padded, atol=ATOL, rtol=0)
+    m1 = model.preference_matrix([PROMPT, PROMPT], [RESPONSES, RESPONSES[:2]], tok, packing=True)
+    m2 = model.preference_matrix([PROMPT, PROMPT], [RESPONSES, RESPONSES[:2]], tok, packing=False)
+    for a, b in zip(m1, m2):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    bert = _model("bert", "sdpa")
+    with pytest.raises(ArgumentError, match="packing"):
+        bert.score(PROMPT, RESPONSES, tok, packing=True)
+    assert torch.isfinite(bert.score(PROMPT, RESPONSES, tok)).all()  # auto: padded for an encoder

@@ -484,7 +484,7 @@ class GPMModel(PreTrainedModel):
 
     @torch.no_grad()
     def _embed_texts(
-        self, pairs: list[tuple[Any, str]], tokenizer: Any, batch_size: int, bf16: bool
+        self, pairs: list[tuple[Any, str]], tokenizer: Any, batch_size: int, bf16: bool, packing: Optional[bool] = None
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Embeddings ``[N, 2k]`` (functional form) and gates ``[N, k]`` of N (prompt, response) pairs."""
         encoded = [self._encode(p, r, tokenizer) for p, r in pairs]
@@ -493,12 +493,28 @@ class GPMModel(PreTrainedModel):
             raise ArgumentError("tokenizer: needs a pad_token or an eos_token to pad batches")
         left = getattr(tokenizer, "padding_side", "right") == "left"
         device = next(self.parameters()).device
+        if packing is None:
+            packing = self.supports_packing
         vs, gates = [], []
         was_training = self.training
         self.eval()
         try:
             for start in range(0, len(encoded), batch_size):
                 chunk = encoded[start : start + batch_size]
+                if packing:  # one padding-free row (gpmkit.data layout)
+                    lens = torch.tensor([len(ids) for ids, _ in chunk])
+                    ends = lens.cumsum(0)
+                    flat = torch.tensor([t for ids, _ in chunk for t in ids], dtype=torch.long, device=device)
+                    pos = torch.cat([torch.arange(n) for n in lens.tolist()]).to(device)
+                    n_prompt = torch.tensor([n for _, n in chunk])
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        v, gate = self.embed_packed(
+                            flat, pos, (ends - 1).to(device), (ends - lens + n_prompt - 1).to(device)
+                        )
+                    vs.append(self.as_embedding(v.float()))
+                    if gate is not None:
+                        gates.append(gate.float())
+                    continue
                 width = max(len(ids) for ids, _ in chunk)
                 input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -539,9 +555,9 @@ class GPMModel(PreTrainedModel):
             pairs.extend((p, r) for r in group)
         return batched, [len(g) for g in groups], pairs, tokenizer
 
-    def _scores(self, fn, prompt, responses, tokenizer, batch_size, bf16):
+    def _scores(self, fn, prompt, responses, tokenizer, batch_size, bf16, packing=None):
         batched, counts, pairs, tokenizer = self._score_inputs(prompt, responses, tokenizer, batch_size)
-        v, gate = self._embed_texts(pairs, tokenizer, batch_size, bf16)
+        v, gate = self._embed_texts(pairs, tokenizer, batch_size, bf16, packing)
         out, start = [], 0
         for k in counts:
             g = None if gate is None else gate[start]  # the gate depends on the prompt only: read from response 0
@@ -556,6 +572,7 @@ class GPMModel(PreTrainedModel):
         tokenizer: Any = None,
         batch_size: int = 8,
         bf16: bool = False,
+        packing: Optional[bool] = None,
     ) -> Union[Tensor, list[Tensor]]:
         """Population win scores ``ŝ_i = (1/K) Σ_j s(y_i ≻ y_j)`` of K responses to one prompt (Eq. 5.2).
 
@@ -570,6 +587,8 @@ class GPMModel(PreTrainedModel):
             tokenizer: a tokenizer with a chat template (default ``model.tokenizer``).
             batch_size: sequences per forward pass (batches span prompts in the batched form).
             bf16: run the backbone under ``torch.autocast(dtype=torch.bfloat16)``.
+            packing: run each batch as one padding-free row (:meth:`embed_packed`); ``None`` (default): when the
+                backbone supports it (:attr:`supports_packing`), else padded.
 
         The gate λ(x) depends on the prompt only (causal backbones), so it is read from the first response's
         sequence of each prompt; with a bidirectional encoder (e.g. BERT) that is the first response's λ.
@@ -578,7 +597,9 @@ class GPMModel(PreTrainedModel):
             ``[K]`` float32 win scores (``r_i − mean(r)`` for ``bt``); a list of them for a list of prompts.
             Scores are raw ``s``, not divided by τ.
         """
-        return self._scores(lambda v, g: F.win_score(v, gate=g), prompt, responses, tokenizer, batch_size, bf16)
+        return self._scores(
+            lambda v, g: F.win_score(v, gate=g), prompt, responses, tokenizer, batch_size, bf16, packing
+        )
 
     def preference_matrix(
         self,
@@ -587,13 +608,16 @@ class GPMModel(PreTrainedModel):
         tokenizer: Any = None,
         batch_size: int = 8,
         bf16: bool = False,
+        packing: Optional[bool] = None,
     ) -> Union[Tensor, list[Tensor]]:
         """``[K, K]`` skew-symmetric matrix ``M[i, j] = s(y_i ≻ y_j | x)`` (``r_i − r_j`` for ``bt``).
 
-        Same inputs and conventions as :meth:`score` (K forward passes, never K²); a list of ``[K_n, K_n]``
+        Same inputs and conventions as :meth:`score` (K sequences, never K²); a list of ``[K_n, K_n]``
         matrices for a list of prompts.
         """
-        return self._scores(lambda v, g: F.preference_matrix(v, g), prompt, responses, tokenizer, batch_size, bf16)
+        return self._scores(
+            lambda v, g: F.preference_matrix(v, g), prompt, responses, tokenizer, batch_size, bf16, packing
+        )
 
 
 # --------------------------------------------------------------------------------------------------
