@@ -108,3 +108,23 @@ def test_bad_record_columns(tmp_path, tokenizer):  # noqa: F811
     ds = Dataset.from_list([{"response_ids": [[1], [2]], "pairs": [[0, 1]]}])
     with pytest.raises(ArgumentError, match="prompt_ids"):
         GPMRewardTrainer(model=_backbone(), args=_args(tmp_path), train_dataset=ds, processing_class=tokenizer)
+
+
+def test_max_tokens_budget_batches(tmp_path, tokenizer):  # noqa: F811
+    rows = _records(16)
+    ds = Dataset.from_list(rows)
+    budget = 120
+    args = _args(tmp_path, max_steps=3, max_tokens=budget, seed=3)
+    trainer = GPMRewardTrainer(model=_backbone(), args=args, train_dataset=ds, processing_class=tokenizer)
+    loader = trainer.get_train_dataloader()
+    batches = list(loader)
+    n_records = sum(b["pair_rows"].shape[0] // 6 for b in batches)
+    assert n_records == 16 and len(batches) == len(loader) > 1
+    assert all(b["input_ids"].shape[1] <= budget for b in batches)
+    trainer.train()
+    with pytest.raises(ArgumentError, match="max_tokens"):
+        _args(tmp_path, max_tokens=0)
+    with pytest.raises(ArgumentError, match="fits record"):
+        GPMRewardTrainer(
+            model=_backbone(), args=_args(tmp_path, max_tokens=10), train_dataset=ds, processing_class=tokenizer
+        ).get_train_dataloader()

@@ -102,6 +102,10 @@ class GPMRewardConfig(RewardConfig):
       transformers' ``create_causal_mask``, or flash attention) and pads otherwise; ``True`` requires it;
       ``False`` pads (TRL-format data keeps :class:`GPMDataCollator`; multi-response data is still
       deduplicated, in padded form).
+    - ``max_tokens``: when set, training batches are cut by :class:`gpmkit.data.TokenBudgetBatchSampler` (whole
+      examples, shuffled with ``seed`` + epoch, sharded over the data-parallel ranks with equal step counts and
+      similar tokens per step; an example over the budget raises) instead of ``per_device_train_batch_size``
+      examples. Map-style datasets only.
 
     Everything else (``learning_rate=1e-4``, ``max_length=1024`` with too-long pairs *filtered out*, ``margin``
     column, ``center_rewards_coefficient``...) is TRL's. ``center_rewards_coefficient`` applies to ``loss="bt"``
@@ -117,6 +121,13 @@ class GPMRewardConfig(RewardConfig):
     gradient_checkpointing: Optional[bool] = field(
         default=None,
         metadata={"help": "Gradient checkpointing; default False with use_cpu=True, else True (TRL's default)."},
+    )
+    max_tokens: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Token budget per training batch (gpmkit.data.TokenBudgetBatchSampler), instead of a fixed "
+            "per_device_train_batch_size: unique tokens when packed, examples × longest sequence when padded."
+        },
     )
     packing: Optional[bool] = field(
         default=None,
@@ -143,6 +154,10 @@ class GPMRewardConfig(RewardConfig):
             raise ArgumentError("gate: the Bradley-Terry loss (loss='bt') has no gate, got gate=True")
         if self.gate_activation not in _GATE_ACTIVATIONS:
             raise ArgumentError(f"gate_activation: expected one of {_GATE_ACTIVATIONS}, got {self.gate_activation!r}")
+        if self.max_tokens is not None and (
+            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
+            raise ArgumentError(f"max_tokens: expected a positive int or None, got {self.max_tokens!r}")
         if self.tau is None:
             self.tau = 0.1 if self.loss == "gpm" else 1.0
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
@@ -405,6 +420,51 @@ def _is_gpm_checkpoint(path: str) -> bool:
         return json.load(fh).get("model_type") == GPMConfig.model_type
 
 
+def _example_costs(dataset: Any) -> tuple:
+    """``(n_seqs, tokens, longest)`` int64 arrays of a tokenized dataset's examples (TRL rows or records)."""
+    import numpy as np
+
+    columns = get_dataset_column_names(dataset)
+    if "response_ids" in columns:
+        prompts, responses = dataset["prompt_ids"], dataset["response_ids"]
+        lengths = [[len(p) + len(r) for r in rs] for p, rs in zip(prompts, responses)]
+    else:
+        lengths = [[len(c), len(r)] for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+    n = np.array([len(x) for x in lengths], dtype=np.int64)
+    return n, np.array([sum(x) for x in lengths], dtype=np.int64), np.array([max(x) for x in lengths], dtype=np.int64)
+
+
+try:  # transformers ≥ 5.23: a batch sampler the Trainer passes as `batch_sampler` without re-sharding it
+    from transformers.trainer_pt_utils import BatchRebalanceSampler as _RankAwareBatchSampler
+except ImportError:  # pragma: no cover - older transformers
+    _RankAwareBatchSampler = None
+
+
+if _RankAwareBatchSampler is not None:
+
+    class _TokenBudgetSampler(_RankAwareBatchSampler):
+        """:class:`gpmkit.data.TokenBudgetBatchSampler` presented as transformers' rank-aware batch sampler."""
+
+        def __init__(self, costs: tuple, **kwargs: Any) -> None:  # no super().__init__: nothing to set up
+            from .data import TokenBudgetBatchSampler
+
+            self.inner = TokenBudgetBatchSampler(costs, **kwargs)
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def __iter__(self):
+            return iter(self.inner)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.inner.set_epoch(epoch)
+
+else:  # pragma: no cover
+
+    def _TokenBudgetSampler(costs: tuple, **kwargs: Any):
+        raise ArgumentError("max_tokens: needs transformers ≥ 5.23 (BatchRebalanceSampler)")
+
+
 _MODEL_KEYS = (
     "input_ids", "attention_mask", "prompt_lengths", "position_ids", "last_index", "prompt_last_index",
     "cu_seq_lens_q", "max_length_q",
@@ -653,6 +713,21 @@ class GPMRewardTrainer(RewardTrainer):
             return dataset
         keep = _FitsMaxLength(max_length, dropped, dataset_name, warn=True)
         return dataset.filter(lambda e: keep.check(fits(e)))
+
+    def _get_train_sampler(self, train_dataset=None):
+        """With ``args.max_tokens``: a token-budget batch sampler (rank-aware; see :class:`GPMRewardConfig`)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.max_tokens is None or dataset is None or not hasattr(dataset, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        return _TokenBudgetSampler(
+            _example_costs(dataset),
+            max_tokens=self.args.max_tokens,
+            padded=not self.packing,
+            seed=self.args.seed,
+            world_size=max(1, self.args.world_size),
+            rank=self.args.process_index if self.args.world_size > 1 else 0,
+            drop_last=self.args.dataloader_drop_last,
+        )
 
     def _set_signature_columns_if_needed(self):
         """Keeps the columns the :class:`GPMDataCollator` needs when ``remove_unused_columns`` is on."""
