@@ -1,7 +1,7 @@
 # gpmkit: the one entry point. Every target is idempotent; everything but `setup` depends on it.
 #   make setup   Python env at .venv (pinned, see requirements-dev.txt) + the extension built into it
 #   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
-#   make bench   benchmarks vs PyTorch (appends a section to BENCHMARKS.md) + criterion benches of the kernels
+#   make bench   benchmarks vs PyTorch and TRL (append sections to BENCHMARKS.md) + criterion benches of the kernels
 #   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
 
 SHELL := /bin/bash
@@ -53,6 +53,7 @@ test: lint test-rust test-python
 
 bench: setup
 	$(PY) benches/bench_kernels.py --threads 2
+	$(PY) benches/bench_batching.py --threads 1
 	$(MAKE) bench-rust
 
 bench-rust:
