@@ -194,7 +194,15 @@ def bench_training(args) -> list[str]:
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("gpmkit.trl").setLevel(logging.ERROR)
-    tok = chat_tokenizer(["the quick brown fox jumps over the lazy dog"] * 10)
+    if args.backbone:
+        from transformers import AutoConfig, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.backbone)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        args.vocab = AutoConfig.from_pretrained(args.backbone).vocab_size
+    else:
+        tok = chat_tokenizer(["the quick brown fox jumps over the lazy dog"] * 10)
     vocab = args.vocab
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     n_steps = args.warmup + args.steps
@@ -207,7 +215,16 @@ def bench_training(args) -> list[str]:
         max_position_embeddings=4096, pad_token_id=pad, num_labels=1,
     )  # fmt: skip
     cfg._attn_implementation = "sdpa"
-    seq_cls = LlamaForSequenceClassification(cfg)
+    if args.backbone:  # a real pretrained decoder: TRL's seq-cls model and our backbone from the same weights
+        from transformers import AutoModelForSequenceClassification
+
+        seq_cls = AutoModelForSequenceClassification.from_pretrained(
+            args.backbone, num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
+        )
+        seq_cls.config.pad_token_id = pad
+        cfg = seq_cls.config
+    else:
+        seq_cls = LlamaForSequenceClassification(cfg)
     state = {k: v.clone() for k, v in seq_cls.model.state_dict().items()}
     bs_pairs, bs_records = 6 * args.train_prompts, args.train_prompts
     common = dict(
@@ -217,9 +234,9 @@ def bench_training(args) -> list[str]:
     )  # fmt: skip
 
     def gpm_model():
-        from transformers import LlamaModel
+        from transformers import AutoModel
 
-        bb = LlamaModel(cfg)
+        bb = AutoModel.from_config(cfg, attn_implementation="sdpa")
         bb.load_state_dict(state)
         return GPMModel.from_backbone(bb, value_head_dim=4)
 
@@ -274,9 +291,14 @@ def bench_training(args) -> list[str]:
     comps = 6 * args.train_prompts
     base = statistics.median(state_per["TRL RewardTrainer (pairs, padded)"]["step"])
     n_params = sum(p.numel() for p in seq_cls.model.parameters())
+    what = (
+        f"pretrained {Path(args.backbone).name} ({type(seq_cls.model).__name__}, "
+        if args.backbone
+        else f"random Llama backbone {args.layers} layers × hidden {args.hidden} ("
+    )
     lines = [
-        f"Training: Llama backbone {args.layers} layers × hidden {args.hidden} ({n_params / 1e6:.1f} M parameters, "
-        f"vocab {vocab}), fp32, sdpa, AdamW lr 1e-4, {comps} comparisons per step ({args.train_prompts} prompts × 6); "
+        f"Training: {what}{n_params / 1e6:.1f} M parameters, vocab {vocab}), fp32, sdpa, AdamW lr 1e-4, "
+        f"{comps} comparisons per step ({args.train_prompts} prompts × 6); "
         f"lengths ÷ {args.length_scale:g}; median of {args.steps} interleaved steps after {args.warmup} warm-up steps.",
         "",
         "| trainer | step | comparisons/s | real tokens/s | pad fraction | sequences / comparison "
@@ -308,7 +330,11 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--length-scale", type=float, default=2.0, help="divide sequence lengths for training")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--backbone", default=None, help="a local pretrained decoder (e.g. SmolLM2) instead of a random one"
+    )
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--skip-collation", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke run: few rounds and steps")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = ap.parse_args()
@@ -319,8 +345,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     cmd = "python benches/bench_batching.py " + " ".join(sys.argv[1:])
-    print("collation ...", file=sys.stderr)
-    lines, _ = bench_collation(args.prompts, args.rounds, args.seed)
+    lines: list[str] = []
+    if not args.skip_collation:
+        print("collation ...", file=sys.stderr)
+        lines, _ = bench_collation(args.prompts, args.rounds, args.seed)
     if not args.skip_training:
         print("training ...", file=sys.stderr)
         lines += ["", *bench_training(args)]
