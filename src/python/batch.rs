@@ -335,9 +335,25 @@ fn token_list(obj: &Bound<'_, PyAny>, what: impl Fn() -> String, out: &mut Vec<i
         |got: String| py_error(py, "ArgumentError", format!("{}: expected a list of int token ids, got {got}", what()));
     let start = out.len();
     if let Ok(list) = obj.cast::<PyList>() {
-        out.reserve(list.len());
-        for item in list.iter() {
-            out.push(item.extract::<i64>().map_err(|_| bad(format!("an item of type {}", type_name(&item))))?);
+        // The hot path of list collation: borrowed items and PyLong_AsLongLong, no per-item refcounting.
+        let n = list.len();
+        out.reserve(n);
+        let ptr = list.as_ptr();
+        for i in 0..n {
+            // SAFETY: we hold the GIL and `list` keeps the list alive; PyList_GetItem returns a borrowed
+            // reference (or NULL with IndexError if the list shrank), which is only read here.
+            let item = unsafe { pyo3::ffi::PyList_GetItem(ptr, i as pyo3::ffi::Py_ssize_t) };
+            if item.is_null() {
+                let _ = PyErr::take(py);
+                return Err(bad("a list that changed size while being read".into()));
+            }
+            // SAFETY: `item` is a valid borrowed object pointer (checked non-null above).
+            let x = unsafe { pyo3::ffi::PyLong_AsLongLong(item) };
+            if x == -1 && PyErr::take(py).is_some() {
+                let item = list.get_item(i).map(|it| type_name(&it)).unwrap_or_else(|_| "?".into());
+                return Err(bad(format!("an item of type {item}")));
+            }
+            out.push(x);
         }
     } else if obj.cast::<PyUntypedArray>().is_ok() || obj.cast::<PyTuple>().is_ok() {
         let v: Vec<i64> = obj.extract().map_err(|_| bad(type_name(obj)))?;
