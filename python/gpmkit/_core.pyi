@@ -202,4 +202,5 @@ def batch_store_from_lists(prompts: list[_Tokens], responses: list[list[_Tokens]
     """A validated store from per-record prompt ids, K response ids and ``(i, j)`` pairs."""
 
 def batch_store_from_pairs(chosen_ids: list[_Tokens], rejected_ids: list[_Tokens], prompt_lengths: list[int]) -> _Store:
-    """A validated K = 2 store from TRL rows (full sequences sharing their first ``prompt_lengths`` tokens)."""
+    """A validated K = 2 store from TRL rows (full sequences sharing their first ``prompt_lengths`` tokens;
+    -1: their longest common prefix, at least 1)."""

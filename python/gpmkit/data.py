@@ -110,15 +110,6 @@ def _float_list(row: Mapping, key: str, n: int, where: str) -> Optional[list[flo
     return out
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @dataclass
 class _Parsed:
     """Records split into the columns the Rust store builder takes (pairs-format and TRL-format rows)."""
@@ -149,7 +140,7 @@ def _parse(rows: Iterable[Mapping], start: int = 0) -> tuple[str, Any]:
                 raise ArgumentError(f"record {n}: 'chosen_ids'/'rejected_ids': expected non-empty token lists")
             pl = row.get("prompt_length")
             if pl is None:
-                pl = max(1, min(_common_prefix(c, r), len(c), len(r)))
+                pl = -1  # the common prefix, computed in Rust
             chosen.append(c)
             rejected.append(r)
             lengths.append(int(pl))

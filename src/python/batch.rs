@@ -448,7 +448,8 @@ pub(super) fn batch_store_from_lists<'py>(
 }
 
 /// Builds a K = 2 store from TRL rows: `chosen_ids[b]`, `rejected_ids[b]` (full sequences) and
-/// `prompt_lengths[b]` (their shared prompt: the first `prompt_lengths[b]` tokens, equal in both). Pair `(0, 1)`.
+/// `prompt_lengths[b]` (their shared prompt: the first `prompt_lengths[b]` tokens, equal in both; -1 = the longest
+/// common prefix, at least 1). Pair `(0, 1)`.
 #[pyfunction]
 pub(super) fn batch_store_from_pairs<'py>(
     py: Python<'py>,
@@ -478,7 +479,12 @@ pub(super) fn batch_store_from_pairs<'py>(
         let lc = token_list(&chosen[b], || format!("chosen_ids[{b}]"), &mut tokens)?;
         buf.clear();
         let lr = token_list(&rejected[b], || format!("rejected_ids[{b}]"), &mut buf)?;
-        let pl = prompt_lengths[b];
+        let mut pl = prompt_lengths[b];
+        if pl == -1 {
+            // the longest common prefix of the two sequences (at least 1 token)
+            let common = tokens[start..start + lc].iter().zip(&buf).take_while(|(a, b)| a == b).count();
+            pl = common.clamp(1, lc.min(lr).max(1)) as i64;
+        }
         if pl < 1 || pl as u64 > lc.min(lr) as u64 {
             return Err(py_error(
                 py,
