@@ -308,3 +308,28 @@ def test_stream_batches_from_parquet(tmp_path):
     assert sum(len(b["pair_rows"]) for b in batches) == sum(len(r["pairs"]) for r in records)
     direct = list(stream_batches(records, max_tokens=50, window=8, shuffle=False))
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, direct))
+
+
+def test_pairs_to_records_groups_flattened_pairs():
+    from gpmkit.data import pairs_to_records
+
+    p, a, b, c = [1, 2], [10, 11], [12], [13, 14, 15]
+    rows = [
+        {"chosen_ids": p + a, "rejected_ids": p + b, "prompt_length": 2},
+        {"chosen_ids": p + a, "rejected_ids": p + c, "prompt_length": 2, "margin": 1.5},
+        {"chosen_ids": p + c, "rejected_ids": p + b, "prompt_length": 2},
+        {"chosen_ids": [7, 8, 9], "rejected_ids": [7, 8, 6]},  # another prompt (common prefix)
+        {"chosen_ids": p + b, "rejected_ids": p + a, "prompt_length": 2},  # repeats a comparison: new record
+    ]
+    recs = pairs_to_records(rows)
+    assert [r["prompt_ids"] for r in recs] == [p, [7, 8], p]
+    assert recs[0]["response_ids"] == [a, b, c] and recs[0]["pairs"] == [[0, 1], [0, 2], [2, 1]]
+    assert recs[0]["margins"] == [0.0, 1.5, 0.0] and "margins" not in recs[1]
+    assert recs[2]["pairs"] == [[0, 1]] and recs[2]["response_ids"] == [b, a]
+    # same comparisons, same sequences: 5 pairs embedded with 3 + 2 + 2 = 7 sequences instead of 10
+    batch = PreferenceCollator()(recs)
+    flat = PreferenceCollator()(rows)
+    assert batch["cu_seq_lens_q"].numel() - 1 == flat["cu_seq_lens_q"].numel() - 1 == 5  # dedup across the batch
+    assert batch["num_sequences"] == 7 and flat["num_sequences"] == 10
+    with pytest.raises(ArgumentError, match="share a prompt"):
+        pairs_to_records([{"chosen_ids": [1, 2], "rejected_ids": [3, 4], "prompt_length": 1}])

@@ -60,6 +60,7 @@ __all__ = [
     "StoreDataset",
     "TokenBudgetBatchSampler",
     "TokenStore",
+    "pairs_to_records",
     "read_jsonl",
     "read_parquet",
     "records_to_store",
@@ -291,6 +292,71 @@ def _renumber(msg: str, start: int) -> str:
 
     pattern = r"(record |prompts\[|responses\[|pairs\[)(\d+)"
     return re.sub(pattern, lambda m: f"{m.group(1)}{int(m.group(2)) + start}", msg)
+
+
+def pairs_to_records(rows: Iterable[Mapping]) -> list[dict]:
+    """Groups TRL pair rows (``chosen_ids``, ``rejected_ids``, ``prompt_length``?, ``margin``?) by prompt into
+    multi-response records, so that each distinct response is embedded once however many pairs it is in.
+
+    The prompt of a row is its first ``prompt_length`` tokens (default: the common prefix of the two sequences,
+    moved one token left when a completion would be empty, as :class:`PreferenceCollator` does). Rows are kept
+    in order: a record's pairs (and ``margins``, when any row has one) follow the rows' order; duplicate
+    comparisons (the same two responses again, in either order) are kept as separate records, never dropped.
+    """
+    groups: dict[tuple, dict] = {}
+    out: list[dict] = []
+    for n, row in enumerate(rows):
+        c, r = list(row["chosen_ids"]), list(row["rejected_ids"])
+        if not c or not r:
+            raise ArgumentError(f"row {n}: 'chosen_ids'/'rejected_ids': expected non-empty token lists")
+        pl = row.get("prompt_length")
+        if pl is None:
+            pl = 0
+            for a, b in zip(c, r):
+                if a != b:
+                    break
+                pl += 1
+        pl = max(1, min(int(pl), len(c) - 1, len(r) - 1))
+        if pl < 1 or c[:pl] != r[:pl]:
+            raise ArgumentError(f"row {n}: expected chosen_ids and rejected_ids to share a prompt of ≥ 1 token")
+        key = tuple(c[:pl])
+        rec = groups.get(key)
+        resp_c, resp_r = tuple(c[pl:]), tuple(r[pl:])
+        if rec is not None:
+            seen = rec["_pairs"]
+            i, j = rec["_index"].get(resp_c), rec["_index"].get(resp_r)
+            if i is not None and j is not None and (min(i, j), max(i, j)) in seen:
+                rec = None  # a repeated comparison: start a new record for this prompt
+        if rec is None:
+            rec = {
+                "prompt_ids": list(key),
+                "response_ids": [],
+                "pairs": [],
+                "margins": [],
+                "_index": {},
+                "_pairs": set(),
+            }
+            groups[key] = rec
+            out.append(rec)
+        ids = []
+        for resp in (resp_c, resp_r):
+            if resp not in rec["_index"]:
+                rec["_index"][resp] = len(rec["response_ids"])
+                rec["response_ids"].append(list(resp))
+            ids.append(rec["_index"][resp])
+        rec["pairs"].append(ids)
+        rec["_pairs"].add((min(ids), max(ids)))
+        m = row.get("margin")
+        rec["margins"].append(None if m is None else float(m))
+    for rec in out:
+        del rec["_index"], rec["_pairs"]
+        if all(m is None for m in rec["margins"]):
+            del rec["margins"]
+        else:
+            rec["margins"] = [0.0 if m is None else m for m in rec["margins"]]
+        if len(rec["response_ids"]) < 2:  # chosen == rejected after the prompt: cannot happen (pl ≤ len − 1)
+            raise ArgumentError(f"prompt {rec['prompt_ids'][:8]}...: expected two different responses")
+    return out
 
 
 def records_to_store(records: Iterable[Mapping]) -> TokenStore:
