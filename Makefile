@@ -2,7 +2,7 @@
 #   make setup   Python env at .venv (pinned, see requirements-dev.txt) + the extension built into it
 #   make demo    GPM vs Bradley-Terry on cyclic and real human preference data → demo/ (plots, results.json)
 #   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
-#   make bench   benchmarks vs PyTorch (appends a section to BENCHMARKS.md) + criterion benches of the kernels
+#   make bench   benchmarks vs PyTorch and TRL (append sections to BENCHMARKS.md) + criterion benches of the kernels
 #   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
 
 SHELL := /bin/bash
@@ -57,6 +57,7 @@ demo: setup
 
 bench: setup
 	$(PY) benches/bench_kernels.py --threads 2
+	$(PY) benches/bench_batching.py --threads 1
 	$(MAKE) bench-rust
 
 bench-rust:

@@ -206,7 +206,8 @@ def test_collator_shapes_and_pretokenized_prompt_length(tmp_path, tokenizer):
 def test_loss_equals_functional_gpm_loss_with_margin(tmp_path, tokenizer):
     model = GPMModel.from_backbone(_backbone(), value_head_dim=4, gate=True, gate_activation="scaled_softmax")
     ds = _dataset("conversational_explicit", margin=True)
-    args = _args(tmp_path, gate=True, gate_activation="scaled_softmax", tau=0.3)
+    # the padded path (GPMDataCollator); the packed default is checked against it in test_batch_trl.py
+    args = _args(tmp_path, gate=True, gate_activation="scaled_softmax", tau=0.3, packing=False)
     trainer = GPMRewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     assert set(batch) == {"input_ids", "attention_mask", "prompt_lengths", "margin"}
@@ -225,7 +226,7 @@ def test_loss_equals_functional_gpm_loss_with_margin(tmp_path, tokenizer):
 
 
 def test_bt_loss_option(tmp_path, tokenizer):
-    args = _args(tmp_path, loss="bt", max_steps=6)
+    args = _args(tmp_path, loss="bt", max_steps=6, packing=False)
     assert args.tau == 1.0 and _args(tmp_path).tau == 0.1
     ds = _dataset("standard_explicit", margin=True)
     trainer = GPMRewardTrainer(

@@ -11,7 +11,7 @@ Shapes: N pairs, P prompts, K responses per prompt, D = 2k embedding width.
 Users normally call :mod:`gpmkit.functional` instead, which adds autograd, broadcasting and dispatch.
 """
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,12 @@ _Reduction = Literal["none", "mean", "sum"]
 __all__ = [
     "__version__",
     "_panic",
+    "batch_collate",
+    "batch_plan",
+    "batch_record_costs",
+    "batch_store_from_lists",
+    "batch_store_from_pairs",
+    "batch_validate_store",
     "bt_loss",
     "get_num_threads",
     "gpm_loss",
@@ -140,3 +146,61 @@ def get_num_threads() -> int:
 
 def _panic(message: str, in_pool: bool = False) -> None:
     """Test hook: panics inside Rust; surfaces as :class:`gpmkit.exceptions.GPMError`."""
+
+# --------------------------------------------------------------------------------------------------
+# batching (src/batch.rs): token stores are tuples of 7 contiguous int64 arrays
+# (tokens, seg_offsets, rec_prompt, rec_resp_offsets, resp_seg, rec_pair_offsets, pairs[2P]);
+# see gpmkit.data.TokenStore for their meaning.
+
+_I64 = npt.NDArray[np.int64]
+_Store = tuple[_I64, _I64, _I64, _I64, _I64, _I64, _I64]
+_Tokens = Union[list[int], tuple[int, ...], npt.NDArray[Any]]
+
+def batch_validate_store(store: _Store) -> None:
+    """Checks every structural invariant; raises ShapeError/ArgumentError naming the record."""
+
+def batch_record_costs(
+    store: _Store, max_length: Optional[int] = None, overlong: Literal["error", "truncate"] = "error"
+) -> tuple[_I64, _I64, _I64]:
+    """Per-record ``(n_seqs, tokens, longest)`` after truncation and in-record dedup."""
+
+def batch_plan(
+    n_seqs: _I64,
+    tokens: _I64,
+    longest: _I64,
+    max_tokens: int,
+    max_records: Optional[int] = None,
+    padded: bool = False,
+    shuffle: bool = True,
+    seed: int = 0,
+    bucket_size: int = 0,
+    oversize: Literal["error", "drop", "alone"] = "error",
+    world_size: int = 1,
+    rank: int = 0,
+    drop_last: bool = False,
+) -> dict[str, Any]:
+    """Token-budget batches of one rank: ``batches`` (list of int64 record-index arrays), ``costs``, ``steps``,
+    ``dropped``, ``over_budget``, ``repeated``, ``dropped_batches``, ``total_batches``."""
+
+def batch_collate(
+    store: _Store,
+    records: _I64,
+    packing: bool = True,
+    pad_id: int = 0,
+    padding_side: Literal["left", "right"] = "right",
+    pad_to_multiple_of: int = 1,
+    max_length: Optional[int] = None,
+    overlong: Literal["error", "truncate"] = "error",
+    validate: bool = True,
+) -> dict[str, Any]:
+    """Dedup + layout of the records' sequences: ``input_ids``, ``position_ids`` (``[total]`` packed or
+    ``[U, T]`` padded, then also ``attention_mask``), ``cu_seq_lens`` (int32), ``max_length``, ``last_index``,
+    ``prompt_last_index``, ``prompt_lengths``, ``seq_lengths``, ``pair_rows [P, 2]``, ``pair_index``,
+    ``pair_record``, ``row_record``, ``row_response``, ``n_sequences``, ``n_truncated``."""
+
+def batch_store_from_lists(prompts: list[_Tokens], responses: list[list[_Tokens]], pairs: list[Any]) -> _Store:
+    """A validated store from per-record prompt ids, K response ids and ``(i, j)`` pairs."""
+
+def batch_store_from_pairs(chosen_ids: list[_Tokens], rejected_ids: list[_Tokens], prompt_lengths: list[int]) -> _Store:
+    """A validated K = 2 store from TRL rows (full sequences sharing their first ``prompt_lengths`` tokens;
+    -1: their longest common prefix, at least 1)."""

@@ -338,8 +338,122 @@ class GPMModel(PreTrainedModel):
         prompt_lengths: Optional[Tensor] = None,
         **kwargs: Any,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        """Same as :meth:`embed`: ``(v [B, 2k], gate [B, k] or None)``; extra keyword arguments are ignored."""
+        """Same as :meth:`embed`: ``(v [B, 2k], gate [B, k] or None)``.
+
+        With ``last_index`` in ``kwargs`` the batch is a packed one (see :meth:`embed_packed`; ``position_ids``,
+        ``prompt_last_index``, ``cu_seq_lens_q``/``max_length_q`` are taken from ``kwargs``). Other keyword
+        arguments (``pair_rows``, ``label``, ...) are ignored.
+        """
+        if kwargs.get("last_index") is not None:
+            return self.embed_packed(
+                input_ids,
+                kwargs.get("position_ids"),
+                kwargs["last_index"],
+                kwargs.get("prompt_last_index"),
+                cu_seq_lens=kwargs.get("cu_seq_lens_q"),
+                max_length=kwargs.get("max_length_q"),
+            )
         return self.embed(input_ids, attention_mask, prompt_lengths)
+
+    @property
+    def supports_packing(self) -> bool:
+        """Whether the backbone can run packed (padding-free) batches without attention across sequences.
+
+        True for flash-attention backbones (varlen kernels) and for decoders whose mask is built by
+        transformers' ``create_causal_mask`` (it turns restarting ``position_ids`` into a block-diagonal causal
+        mask under SDPA/eager, e.g. Llama, Qwen2, Mistral, Gemma). Encoders (BERT-like) are not supported.
+        """
+        cached = getattr(self, "_packing_ok", None)
+        if cached is None:
+            attn = str(getattr(self.model.config, "_attn_implementation", "") or "")
+            try:
+                src = inspect.getsource(type(self.model).forward)
+            except (OSError, TypeError):
+                src = ""
+            cached = self._pass_position_ids and ("flash" in attn or "create_causal_mask" in src)
+            self._packing_ok = cached
+        return bool(cached)
+
+    def embed_packed(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        last_index: Tensor,
+        prompt_last_index: Optional[Tensor] = None,
+        cu_seq_lens: Optional[Tensor] = None,
+        max_length: Optional[int] = None,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Embeddings of a packed (padding-free) batch, as built by :mod:`gpmkit.data`.
+
+        Args:
+            input_ids: ``[1, N]`` (or ``[N]``) the U sequences back to back, no padding.
+            position_ids: same shape, restarting at 0 at each sequence start (this is what keeps sequences
+                apart: transformers builds a block-diagonal causal mask from it under SDPA/eager, and the
+                flash-attention path derives its varlen boundaries from it or from ``cu_seq_lens``).
+            last_index: ``[U]`` flat index of each sequence's last token (where ``v`` is read).
+            prompt_last_index: ``[U]`` flat index of each sequence's last prompt token (the gate; required
+                with a gate).
+            cu_seq_lens, max_length: flash-attention varlen arguments, passed only to flash-attention backbones.
+
+        Returns:
+            ``(v [U, 2k], gate [U, k] or None)``, equal (to float rounding) to :meth:`embed` of the same
+            sequences padded.
+
+        Raises:
+            ArgumentError: a backbone without packing support (:attr:`supports_packing`), or a gate without
+                ``prompt_last_index``.
+            ShapeError: inconsistent shapes, indices out of range, position ids that do not restart at 0.
+        """
+        if not self.supports_packing:
+            raise ArgumentError(
+                f"packing: the backbone {type(self.model).__name__} cannot keep packed sequences apart (it is not a "
+                "causal decoder using transformers' create_causal_mask, nor flash attention); use packing=False"
+            )
+        if (
+            not isinstance(input_ids, Tensor)
+            or input_ids.dim() not in (1, 2)
+            or (input_ids.dim() == 2 and input_ids.shape[0] != 1)
+        ):
+            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ShapeError(f"input_ids: expected a packed [1, N] or [N] tensor, got {shape}")
+        input_ids = input_ids.reshape(1, -1)
+        n = input_ids.shape[1]
+        if not isinstance(position_ids, Tensor) or position_ids.numel() != n:
+            got = tuple(position_ids.shape) if isinstance(position_ids, Tensor) else type(position_ids).__name__
+            raise ShapeError(f"position_ids: expected one position per token ({n}), got {got}")
+        position_ids = position_ids.reshape(1, -1).to(input_ids.device)
+        if n and int(position_ids[0, 0]) != 0:
+            raise ShapeError(f"position_ids: expected 0 at the first token, got {int(position_ids[0, 0])}")
+        last_index = torch.as_tensor(last_index, device=input_ids.device).reshape(-1)
+        if last_index.numel() and (int(last_index.min()) < 0 or int(last_index.max()) >= n):
+            raise ShapeError(f"last_index: expected indices in [0, {n}), got {last_index.tolist()}")
+        if self.has_gate:
+            if prompt_last_index is None:
+                raise ArgumentError("prompt_last_index: required when the model has a gate (last prompt token)")
+            prompt_last_index = torch.as_tensor(prompt_last_index, device=input_ids.device).reshape(-1)
+            if prompt_last_index.shape != last_index.shape:
+                raise ShapeError(
+                    f"prompt_last_index: expected shape {tuple(last_index.shape)} (as last_index), "
+                    f"got {tuple(prompt_last_index.shape)}"
+                )
+            if prompt_last_index.numel() and bool(
+                (prompt_last_index > last_index).any() | (prompt_last_index < 0).any()
+            ):
+                raise ShapeError("prompt_last_index: expected 0 ≤ prompt_last_index ≤ last_index for every sequence")
+        kwargs: dict[str, Any] = {"attention_mask": None, "position_ids": position_ids}
+        if self._pass_use_cache:
+            kwargs["use_cache"] = False
+        attn = str(getattr(self.model.config, "_attn_implementation", "") or "")
+        if "flash" in attn and cu_seq_lens is not None:
+            cu = torch.as_tensor(cu_seq_lens, device=input_ids.device).to(torch.int32)
+            m = int(max_length) if max_length is not None else int((cu[1:] - cu[:-1]).max())
+            kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=m, max_length_k=m)
+        hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state[0]
+        dtype = self.value_head.weight.dtype
+        v = GPMHead.embed(self, hidden[last_index].to(dtype))
+        if not self.has_gate:
+            return v, None
+        return v, GPMHead.gate_weights(self, hidden[prompt_last_index].to(dtype))
 
     def as_embedding(self, v: Tensor) -> Tensor:
         """Embeddings usable by :mod:`gpmkit.functional`: ``v`` itself, or ``[r, 1] [..., 2]`` for ``bt``.
@@ -370,7 +484,7 @@ class GPMModel(PreTrainedModel):
 
     @torch.no_grad()
     def _embed_texts(
-        self, pairs: list[tuple[Any, str]], tokenizer: Any, batch_size: int, bf16: bool
+        self, pairs: list[tuple[Any, str]], tokenizer: Any, batch_size: int, bf16: bool, packing: Optional[bool] = None
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Embeddings ``[N, 2k]`` (functional form) and gates ``[N, k]`` of N (prompt, response) pairs."""
         encoded = [self._encode(p, r, tokenizer) for p, r in pairs]
@@ -379,12 +493,28 @@ class GPMModel(PreTrainedModel):
             raise ArgumentError("tokenizer: needs a pad_token or an eos_token to pad batches")
         left = getattr(tokenizer, "padding_side", "right") == "left"
         device = next(self.parameters()).device
+        if packing is None:
+            packing = self.supports_packing
         vs, gates = [], []
         was_training = self.training
         self.eval()
         try:
             for start in range(0, len(encoded), batch_size):
                 chunk = encoded[start : start + batch_size]
+                if packing:  # one padding-free row (gpmkit.data layout)
+                    lens = torch.tensor([len(ids) for ids, _ in chunk])
+                    ends = lens.cumsum(0)
+                    flat = torch.tensor([t for ids, _ in chunk for t in ids], dtype=torch.long, device=device)
+                    pos = torch.cat([torch.arange(n) for n in lens.tolist()]).to(device)
+                    n_prompt = torch.tensor([n for _, n in chunk])
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        v, gate = self.embed_packed(
+                            flat, pos, (ends - 1).to(device), (ends - lens + n_prompt - 1).to(device)
+                        )
+                    vs.append(self.as_embedding(v.float()))
+                    if gate is not None:
+                        gates.append(gate.float())
+                    continue
                 width = max(len(ids) for ids, _ in chunk)
                 input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -425,9 +555,9 @@ class GPMModel(PreTrainedModel):
             pairs.extend((p, r) for r in group)
         return batched, [len(g) for g in groups], pairs, tokenizer
 
-    def _scores(self, fn, prompt, responses, tokenizer, batch_size, bf16):
+    def _scores(self, fn, prompt, responses, tokenizer, batch_size, bf16, packing=None):
         batched, counts, pairs, tokenizer = self._score_inputs(prompt, responses, tokenizer, batch_size)
-        v, gate = self._embed_texts(pairs, tokenizer, batch_size, bf16)
+        v, gate = self._embed_texts(pairs, tokenizer, batch_size, bf16, packing)
         out, start = [], 0
         for k in counts:
             g = None if gate is None else gate[start]  # the gate depends on the prompt only: read from response 0
@@ -442,6 +572,7 @@ class GPMModel(PreTrainedModel):
         tokenizer: Any = None,
         batch_size: int = 8,
         bf16: bool = False,
+        packing: Optional[bool] = None,
     ) -> Union[Tensor, list[Tensor]]:
         """Population win scores ``ŝ_i = (1/K) Σ_j s(y_i ≻ y_j)`` of K responses to one prompt (Eq. 5.2).
 
@@ -456,6 +587,8 @@ class GPMModel(PreTrainedModel):
             tokenizer: a tokenizer with a chat template (default ``model.tokenizer``).
             batch_size: sequences per forward pass (batches span prompts in the batched form).
             bf16: run the backbone under ``torch.autocast(dtype=torch.bfloat16)``.
+            packing: run each batch as one padding-free row (:meth:`embed_packed`); ``None`` (default): when the
+                backbone supports it (:attr:`supports_packing`), else padded.
 
         The gate λ(x) depends on the prompt only (causal backbones), so it is read from the first response's
         sequence of each prompt; with a bidirectional encoder (e.g. BERT) that is the first response's λ.
@@ -464,7 +597,9 @@ class GPMModel(PreTrainedModel):
             ``[K]`` float32 win scores (``r_i − mean(r)`` for ``bt``); a list of them for a list of prompts.
             Scores are raw ``s``, not divided by τ.
         """
-        return self._scores(lambda v, g: F.win_score(v, gate=g), prompt, responses, tokenizer, batch_size, bf16)
+        return self._scores(
+            lambda v, g: F.win_score(v, gate=g), prompt, responses, tokenizer, batch_size, bf16, packing
+        )
 
     def preference_matrix(
         self,
@@ -473,13 +608,16 @@ class GPMModel(PreTrainedModel):
         tokenizer: Any = None,
         batch_size: int = 8,
         bf16: bool = False,
+        packing: Optional[bool] = None,
     ) -> Union[Tensor, list[Tensor]]:
         """``[K, K]`` skew-symmetric matrix ``M[i, j] = s(y_i ≻ y_j | x)`` (``r_i − r_j`` for ``bt``).
 
-        Same inputs and conventions as :meth:`score` (K forward passes, never K²); a list of ``[K_n, K_n]``
+        Same inputs and conventions as :meth:`score` (K sequences, never K²); a list of ``[K_n, K_n]``
         matrices for a list of prompts.
         """
-        return self._scores(lambda v, g: F.preference_matrix(v, g), prompt, responses, tokenizer, batch_size, bf16)
+        return self._scores(
+            lambda v, g: F.preference_matrix(v, g), prompt, responses, tokenizer, batch_size, bf16, packing
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ __all__ = ["GPMDataCollator", "GPMRewardConfig", "GPMRewardTrainer", "check_pref
 logger = logging.getLogger(__name__)
 
 _LOSSES = ("gpm", "bt")
+# multi-response records (gpmkit.data): prompt with K responses and the comparisons among them
+_RECORD_COLUMNS = ("prompt_ids", "response_ids", "pairs", "scores", "labels", "margins")
 
 
 @dataclass
@@ -92,6 +94,19 @@ class GPMRewardConfig(RewardConfig):
       ``activation_checkpointing`` (the new name), so the default config raises no deprecation warning; an
       explicit ``gradient_checkpointing=`` still gets transformers' ``FutureWarning``.
 
+    Batching:
+
+    - ``packing``: ``None`` (default) packs batches (:class:`gpmkit.data.PreferenceCollator`: each unique
+      (prompt, response) sequence of a batch embedded once, no pad tokens, ``position_ids`` restarting per
+      sequence) when the backbone supports it (:attr:`GPMModel.supports_packing`: causal decoders built on
+      transformers' ``create_causal_mask``, or flash attention) and pads otherwise; ``True`` requires it;
+      ``False`` pads (TRL-format data keeps :class:`GPMDataCollator`; multi-response data is still
+      deduplicated, in padded form).
+    - ``max_tokens``: when set, training batches are cut by :class:`gpmkit.data.TokenBudgetBatchSampler` (whole
+      examples, shuffled with ``seed`` + epoch, sharded over the data-parallel ranks with equal step counts and
+      similar tokens per step; an example over the budget raises) instead of ``per_device_train_batch_size``
+      examples. Map-style datasets only.
+
     Everything else (``learning_rate=1e-4``, ``max_length=1024`` with too-long pairs *filtered out*, ``margin``
     column, ``center_rewards_coefficient``...) is TRL's. ``center_rewards_coefficient`` applies to ``loss="bt"``
     only (GPM scores are shift-free); it is rejected with ``loss="gpm"``.
@@ -106,6 +121,20 @@ class GPMRewardConfig(RewardConfig):
     gradient_checkpointing: Optional[bool] = field(
         default=None,
         metadata={"help": "Gradient checkpointing; default False with use_cpu=True, else True (TRL's default)."},
+    )
+    max_tokens: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Token budget per training batch (gpmkit.data.TokenBudgetBatchSampler), instead of a fixed "
+            "per_device_train_batch_size: unique tokens when packed, examples × longest sequence when padded."
+        },
+    )
+    packing: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "Deduplicated, padding-free batches (gpmkit.data). None: on when the backbone supports it "
+            "(causal decoders, flash attention); False: padded batches."
+        },
     )
 
     def __post_init__(self):
@@ -125,6 +154,10 @@ class GPMRewardConfig(RewardConfig):
             raise ArgumentError("gate: the Bradley-Terry loss (loss='bt') has no gate, got gate=True")
         if self.gate_activation not in _GATE_ACTIVATIONS:
             raise ArgumentError(f"gate_activation: expected one of {_GATE_ACTIVATIONS}, got {self.gate_activation!r}")
+        if self.max_tokens is not None and (
+            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
+            raise ArgumentError(f"max_tokens: expected a positive int or None, got {self.max_tokens!r}")
         if self.tau is None:
             self.tau = 0.1 if self.loss == "gpm" else 1.0
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
@@ -359,7 +392,12 @@ class _FitsMaxLength:
         self.max_length, self.counts, self.name, self.warn = max_length, counts, name, warn
 
     def __call__(self, example: dict[str, Any]) -> bool:
-        ok = len(example["chosen_ids"]) <= self.max_length and len(example["rejected_ids"]) <= self.max_length
+        return self.check(
+            len(example["chosen_ids"]) <= self.max_length and len(example["rejected_ids"]) <= self.max_length
+        )
+
+    def check(self, ok: bool) -> bool:
+        """Counts (and warns about the first) ``not ok``; returns ``ok``."""
         if not ok:
             self.counts[self.name] = self.counts.get(self.name, 0) + 1
             if self.warn and self.counts[self.name] == 1:
@@ -380,6 +418,57 @@ def _is_gpm_checkpoint(path: str) -> bool:
         return False
     with open(config_file, encoding="utf-8") as fh:
         return json.load(fh).get("model_type") == GPMConfig.model_type
+
+
+def _example_costs(dataset: Any) -> tuple:
+    """``(n_seqs, tokens, longest)`` int64 arrays of a tokenized dataset's examples (TRL rows or records)."""
+    import numpy as np
+
+    columns = get_dataset_column_names(dataset)
+    if "response_ids" in columns:
+        prompts, responses = dataset["prompt_ids"], dataset["response_ids"]
+        lengths = [[len(p) + len(r) for r in rs] for p, rs in zip(prompts, responses)]
+    else:
+        lengths = [[len(c), len(r)] for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+    n = np.array([len(x) for x in lengths], dtype=np.int64)
+    return n, np.array([sum(x) for x in lengths], dtype=np.int64), np.array([max(x) for x in lengths], dtype=np.int64)
+
+
+try:  # transformers ≥ 5.23: a batch sampler the Trainer passes as `batch_sampler` without re-sharding it
+    from transformers.trainer_pt_utils import BatchRebalanceSampler as _RankAwareBatchSampler
+except ImportError:  # pragma: no cover - older transformers
+    _RankAwareBatchSampler = None
+
+
+if _RankAwareBatchSampler is not None:
+
+    class _TokenBudgetSampler(_RankAwareBatchSampler):
+        """:class:`gpmkit.data.TokenBudgetBatchSampler` presented as transformers' rank-aware batch sampler."""
+
+        def __init__(self, costs: tuple, **kwargs: Any) -> None:  # no super().__init__: nothing to set up
+            from .data import TokenBudgetBatchSampler
+
+            self.inner = TokenBudgetBatchSampler(costs, **kwargs)
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def __iter__(self):
+            return iter(self.inner)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.inner.set_epoch(epoch)
+
+else:  # pragma: no cover
+
+    def _TokenBudgetSampler(costs: tuple, **kwargs: Any):
+        raise ArgumentError("max_tokens: needs transformers ≥ 5.23 (BatchRebalanceSampler)")
+
+
+_MODEL_KEYS = (
+    "input_ids", "attention_mask", "prompt_lengths", "position_ids", "last_index", "prompt_last_index",
+    "cu_seq_lens_q", "max_length_q",
+)  # fmt: skip
 
 
 class GPMRewardTrainer(RewardTrainer):
@@ -456,13 +545,30 @@ class GPMRewardTrainer(RewardTrainer):
                     f"processing_class: the tokenizer ({type(processing_class).__name__}) has neither pad_token nor "
                     "eos_token, so batches cannot be padded; set tokenizer.pad_token (or args.pad_token)"
                 )
-        if data_collator is None and processing_class is not None:
-            pad = processing_class.pad_token_id
-            if args.pad_token is not None:
-                pad = processing_class.convert_tokens_to_ids(args.pad_token)
-            if pad is None:
-                pad = processing_class.eos_token_id
-            data_collator = GPMDataCollator(pad_token_id=pad, pad_to_multiple_of=args.pad_to_multiple_of)
+        if args.packing and not model.supports_packing:
+            raise ArgumentError(
+                f"packing: the backbone {type(model.model).__name__} cannot run packed batches (not a causal decoder "
+                "on transformers' create_causal_mask, nor flash attention); use packing=False or None"
+            )
+        self.packing = model.supports_packing if args.packing is None else bool(args.packing)
+        records = train_dataset is not None and "response_ids" in (get_dataset_column_names(train_dataset) or [])
+        if data_collator is None and (processing_class is not None or self.packing or records):
+            pad = 0
+            if processing_class is not None:
+                pad = processing_class.pad_token_id
+                if args.pad_token is not None:
+                    pad = processing_class.convert_tokens_to_ids(args.pad_token)
+                if pad is None:
+                    pad = processing_class.eos_token_id
+            multiple = args.pad_to_multiple_of if isinstance(args.pad_to_multiple_of, int) else None
+            if self.packing or records:
+                from .data import PreferenceCollator
+
+                data_collator = PreferenceCollator(
+                    packing=self.packing, pad_token_id=pad if pad is not None else 0, pad_to_multiple_of=multiple
+                )
+            else:
+                data_collator = GPMDataCollator(pad_token_id=pad, pad_to_multiple_of=args.pad_to_multiple_of)
         # RewardTrainer rejects models whose config.num_labels != 1 (a sequence-classification convention that a
         # GPM does not use); present num_labels = 1 for the duration of its __init__ only.
         config = model.config
@@ -526,6 +632,8 @@ class GPMRewardTrainer(RewardTrainer):
     ) -> Union[Dataset, IterableDataset]:
         """Tokenizes a preference dataset like TRL and adds the ``prompt_length`` column; filters by ``max_length``."""
         columns = get_dataset_column_names(dataset)
+        if "response_ids" in columns:
+            return self._prepare_records(dataset, args, dataset_name)
         is_processed = "chosen_ids" in columns and "rejected_ids" in columns
         if not is_processed and not ("chosen" in columns and "rejected" in columns):
             raise ArgumentError(
@@ -569,10 +677,65 @@ class GPMRewardTrainer(RewardTrainer):
                         )  # fmt: skip
         return dataset
 
+    def _prepare_records(
+        self, dataset: Union[Dataset, IterableDataset], args: RewardConfig, dataset_name: str
+    ) -> Union[Dataset, IterableDataset]:
+        """Multi-response records (``prompt_ids``, ``response_ids``, ``pairs`` or ``scores``; see :mod:`gpmkit.data`)
+        are already tokenized; records with a sequence longer than ``max_length`` are dropped (counted), as TRL
+        drops long pairs."""
+        columns = get_dataset_column_names(dataset)
+        if "prompt_ids" not in columns or not ({"pairs", "scores"} & set(columns)):
+            raise ArgumentError(
+                f"{dataset_name}_dataset: multi-response records need 'prompt_ids', 'response_ids' and 'pairs' or "
+                f"'scores' columns, got {sorted(columns)}"
+            )
+        dropped = getattr(self, "dropped_pairs", None)
+        if dropped is None:
+            dropped = self.dropped_pairs = {}
+        dropped[dataset_name] = 0
+        if args.max_length is None:
+            return dataset
+        max_length = args.max_length
+
+        def fits(example: dict[str, Any]) -> bool:
+            n = len(example["prompt_ids"])
+            return all(n + len(r) <= max_length for r in example["response_ids"])
+
+        if isinstance(dataset, Dataset):
+            n_before = len(dataset)
+            dataset = dataset.filter(fits, num_proc=args.dataset_num_proc, desc=f"Filtering {dataset_name} records")
+            dropped[dataset_name] = n_before - len(dataset)
+            if dropped[dataset_name]:
+                logger.warning(
+                    "%s_dataset: dropped %d of %d records with a sequence longer than max_length=%d tokens",
+                    dataset_name, dropped[dataset_name], n_before, max_length,
+                )  # fmt: skip
+            return dataset
+        keep = _FitsMaxLength(max_length, dropped, dataset_name, warn=True)
+        return dataset.filter(lambda e: keep.check(fits(e)))
+
+    def _get_train_sampler(self, train_dataset=None):
+        """With ``args.max_tokens``: a token-budget batch sampler (rank-aware; see :class:`GPMRewardConfig`)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.max_tokens is None or dataset is None or not hasattr(dataset, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        return _TokenBudgetSampler(
+            _example_costs(dataset),
+            max_tokens=self.args.max_tokens,
+            padded=not self.packing,
+            seed=self.args.seed,
+            world_size=max(1, self.args.world_size),
+            rank=self.args.process_index if self.args.world_size > 1 else 0,
+            drop_last=self.args.dataloader_drop_last,
+        )
+
     def _set_signature_columns_if_needed(self):
         """Keeps the columns the :class:`GPMDataCollator` needs when ``remove_unused_columns`` is on."""
         if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "prompt_length", "margin"]
+            self._signature_columns = [
+                "chosen_ids", "rejected_ids", "prompt_length", "margin",
+                *_RECORD_COLUMNS,
+            ]  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------
     # loss and metrics
@@ -587,28 +750,42 @@ class GPMRewardTrainer(RewardTrainer):
         ``return_outputs`` gives ``{"scores": s [B]}`` (what evaluation collects as predictions).
         """
         mode = "train" if self.model.training else "eval"
-        attention_mask = inputs["attention_mask"]
-        v, gate = model(
-            input_ids=inputs["input_ids"], attention_mask=attention_mask, prompt_lengths=inputs.get("prompt_lengths")
-        )
-        v_chosen, v_rejected = torch.chunk(v, 2)
-        gate_chosen = None if gate is None else torch.chunk(gate, 2)[0]
+        attention_mask = inputs.get("attention_mask")
+        label = None
+        if "pair_rows" in inputs:  # gpmkit.data batch: unique sequences (packed or padded) + comparison rows
+            forward = {k: inputs[k] for k in _MODEL_KEYS if inputs.get(k) is not None}
+            v, gate = model(**forward)
+            rows = inputs["pair_rows"]
+            v_chosen, v_rejected = v[rows[:, 0]], v[rows[:, 1]]
+            gate_chosen = None if gate is None else gate[rows[:, 0]]
+            label = inputs.get("label")
+            n_tokens = inputs["input_ids"].numel() if attention_mask is None else attention_mask.sum()
+        else:
+            v, gate = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=attention_mask,
+                prompt_lengths=inputs.get("prompt_lengths"),
+            )
+            v_chosen, v_rejected = torch.chunk(v, 2)
+            gate_chosen = None if gate is None else torch.chunk(gate, 2)[0]
+            n_tokens = attention_mask.sum()
         margin = inputs.get("margin")
         tau = self.args.tau
         if self.args.loss == "bt":
             r_chosen, r_rejected = v_chosen.squeeze(-1), v_rejected.squeeze(-1)
-            loss = F.bt_loss(r_chosen, r_rejected, tau=tau, margin=margin)
+            loss = F.bt_loss(r_chosen, r_rejected, tau=tau, margin=margin, label=label)
             if self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean((r_chosen + r_rejected) ** 2)
             with torch.no_grad():
                 scores = (r_chosen - r_rejected).float()
         else:
-            loss = F.gpm_loss(v_chosen, v_rejected, gate=gate_chosen, tau=tau, margin=margin)
+            loss = F.gpm_loss(v_chosen, v_rejected, gate=gate_chosen, tau=tau, margin=margin, label=label)
             with torch.no_grad():
                 scores = F.preference_score(v_chosen.detach(), v_rejected.detach(), gate_chosen).float()
 
         if mode == "train":
-            num_tokens = self.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
+            n_tokens = torch.as_tensor(n_tokens, device=v.device)
+            num_tokens = self.accelerator.gather_for_metrics(n_tokens).sum().item()
             self._total_train_tokens += num_tokens // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         with torch.no_grad():
