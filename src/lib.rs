@@ -11,6 +11,7 @@
 //! so results are bit-identical for any number of threads ([`parallel`]). The PyO3 bindings live in
 //! `src/python/` behind the default `python` feature and contain no math.
 
+pub mod cuda;
 pub mod error;
 pub mod fastmath;
 pub mod loss;

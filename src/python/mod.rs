@@ -13,6 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+mod cuda;
+
 /// Raises the Python class `gpmkit.exceptions.<name>` with `msg`.
 fn py_error(py: Python<'_>, name: &str, msg: String) -> PyErr {
     let cls = py.import("gpmkit.exceptions").and_then(|m| m.getattr(name)).and_then(|c| Ok(c.cast_into::<PyType>()?));
@@ -524,5 +526,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic, m)?)?;
+    cuda::register(m)?;
     Ok(())
 }
