@@ -5,8 +5,8 @@
 # then run `bash scripts/gpu_check.sh` from the repository root on the GPU machine. It installs the newest
 # wheel from .whl/ into .site/ (no dependencies, no index), then prints: correctness of every CUDA op against
 # the float64 oracle (f32/bf16/f16/f64, awkward shapes, gradients), determinism, stream ordering without
-# host syncs, CUDA-graph capture/replay, memory_allocated growth, compute-sanitizer memcheck of one call,
-# and the GPU benchmark (markdown rows for BENCHMARKS.md). About 3-4 minutes on an H100.
+# host syncs, CUDA-graph capture/replay, memory_allocated growth, the GPU benchmark (markdown rows for
+# BENCHMARKS.md) and compute-sanitizer memcheck of one call. About 3-4 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -22,8 +22,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 $PY -c "import sys, torch, gpmkit; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpmkit.cuda_available()', gpmkit.cuda_available())"
 
 echo "== correctness, determinism, streams, graphs, memory"
-timeout 150 $PY scripts/gpu_check.py || status=1
+timeout 120 $PY scripts/gpu_check.py || status=1
 
+echo "== benchmark"
+timeout 170 $PY benches/bench_cuda.py || status=1
 echo "== compute-sanitizer --tool memcheck (one call of each loss/matrix op)"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -z "$san" ]; then
@@ -36,13 +38,11 @@ PY
 )
 fi
 if [ -n "$san" ]; then
-    timeout 120 "$san" --tool memcheck --error-exitcode 3 $PY scripts/gpu_check.py --one 2>&1 | tail -15
+    timeout 90 "$san" --tool memcheck --error-exitcode 3 $PY scripts/gpu_check.py --one 2>&1 | tail -15
     rc=${PIPESTATUS[0]}; echo "compute-sanitizer exit code: $rc"; [ "$rc" = 0 ] || status=1
 else
     echo "SKIP: compute-sanitizer not found (PATH, /usr/local/cuda*/bin, site-packages/nvidia)"
 fi
 
-echo "== benchmark"
-timeout 200 $PY benches/bench_cuda.py || status=1
 echo "== gpu_check.sh exit status $status"
 exit $status

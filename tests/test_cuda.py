@@ -117,3 +117,41 @@ def test_functional_on_meta_uses_the_torch_path():
     assert active_impl("gpm_loss", "meta") == "torch"
     loss = F.gpm_loss(torch.randn(4, 2, device="meta"), torch.randn(4, 2, device="meta"))
     assert loss.shape == () and loss.device.type == "meta"
+
+
+def _cpu(*shape):
+    return torch.randn(*shape)
+
+
+@no_cuda
+def test_every_launch_request_passes_the_plan_checks(monkeypatch):
+    """Each implementation's request (pointer count and order, alignment, sizes, scalars) is accepted by the
+    Rust planner; with no driver the launch then fails with DeviceError, never with an ArgumentError."""
+
+    class _Stream:
+        cuda_stream = 0
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream)
+    n, k, b, kk = 7, 3, 2, 5
+    vi, vj, gate, w, m, lab = _cpu(n, 2 * k), _cpu(n, 2 * k), _cpu(n, k), _cpu(b, kk), _cpu(n), _cpu(n)
+    v, pg = _cpu(b, kk, 2 * k), _cpu(b, k)
+    calls = [
+        lambda: _cuda._score(vi, vj, gate),
+        lambda: _cuda._score_bwd(_cpu(n), vi, vj, gate, True, True, True),
+        lambda: _cuda._matrix(v, pg),
+        lambda: _cuda._matrix_bwd(_cpu(b, kk, kk), v, pg, True, True),
+        lambda: _cuda._win(v, w, pg),
+        lambda: _cuda._win_bwd(_cpu(b, kk), v, w, pg, True, True, True),
+        lambda: _cuda._gpm(vi, vj, gate, m, lab, 0.1, "mean"),
+        lambda: _cuda._gpm(vi, vj, None, None, None, 0.1, "none"),
+        lambda: _cuda._gpm_bwd(_cpu(()), vi, vj, gate, m, lab, 0.1, "mean", True, True, True, True, True),
+        lambda: _cuda._bt(m, lab, None, lab, 1.0, "sum"),
+        lambda: _cuda._bt_bwd(_cpu(n), m, lab, m, None, 1.0, "none", True, True, True, False),
+        lambda: _cuda._policy(m, lab, m, lab.abs() + 1, 0.5, 0.0, 1.0, 2.0, "mean"),
+        lambda: _cuda._policy_bwd(_cpu(()), m, lab, m, None, 0.5, 0.5, 0.0, None, "sum", True, True, True, False),
+    ]
+    for i, call in enumerate(calls):
+        with pytest.raises(DeviceError, match="no CUDA driver"):
+            call()
+            pytest.fail(f"call {i} launched without a driver")

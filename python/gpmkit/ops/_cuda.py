@@ -109,20 +109,58 @@ def _shape_of(t: Optional[Tensor]):
     return None if t is None else t.shape
 
 
-_CALLS: dict[str, tuple[Callable, int]] = {}
+# op name → (custom operator, bare implementation, autograd function, number of arguments)
+_CALLS: dict[str, tuple[Callable, Callable, type, int]] = {}
+_IMPLS: dict[Callable, Callable] = {}
 
 
 def call(op: str, *args) -> Tensor:
     """Run operator ``op`` on CUDA tensors; arguments as :func:`gpmkit.ops._cpu.call` (the losses' trailing
-    ``need_*`` flags are ignored: autograd knows which inputs need a gradient)."""
-    fn, n_args = _CALLS[op]
-    return fn(*args[:n_args])
+    ``need_*`` flags are ignored: autograd knows which inputs need a gradient).
+
+    While compiling this is the custom operator; in eager mode an autograd function over the same
+    implementation (the custom-operator dispatcher costs tens of µs of host time per call, which at
+    GPU speed is more than the kernels themselves), or the bare implementation when no gradient is needed.
+    """
+    custom, impl, function, n_args = _CALLS[op]
+    args = args[:n_args]
+    if torch.compiler.is_compiling():
+        return custom(*args)
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return function.apply(*args)
+    return impl(*args)
 
 
 def _define(name: str, impl: Callable, fake: Callable) -> Callable:
     op = torch.library.custom_op(f"{_LIB}::cuda_{name}", impl, mutates_args=(), device_types="cuda")
     op.register_fake(fake)
+    _IMPLS[op] = impl
     return op
+
+
+def _pick(op: Callable, probe: Tensor) -> Callable:
+    """The bare implementation in eager mode on real CUDA tensors, else the custom operator (traced, fake
+    or meta tensors)."""
+    eager = type(probe) is Tensor and probe.is_cuda and not torch.compiler.is_compiling()
+    return _IMPLS[op] if eager else op
+
+
+def _register(name: str, op: Callable, backward: Callable, n_args: int) -> None:
+    """Autograd for ``op`` (compiled path) and an eager autograd function with the same backward."""
+    op.register_autograd(backward, setup_context=_save_inputs)
+    impl = _IMPLS[op]
+
+    def forward(ctx, *args):
+        out = impl(*args)
+        _save_inputs(ctx, args, out)
+        return out
+
+    function = type(
+        f"cuda_{name}_function",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
+    _CALLS[name] = (op, impl, function, n_args)
 
 
 def _save_inputs(ctx, inputs, output) -> None:
@@ -167,13 +205,12 @@ def _score_backward(ctx, grad):
     v_i, v_j, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     ng = bool(n[2]) and gate is not None
-    gi, gj, gg = _score_bwd_op(grad, v_i, v_j, gate, bool(n[0]), bool(n[1]), ng)
+    gi, gj, gg = _pick(_score_bwd_op, grad)(grad, v_i, v_j, gate, bool(n[0]), bool(n[1]), ng)
     return _opt(n[0], gi), _opt(n[1], gj), _opt(ng, gg)
 
 
 _score_op = _define("preference_score", _score, lambda v_i, v_j, gate: v_i.new_empty(v_i.shape[0]))
-_score_op.register_autograd(_score_backward, setup_context=_save_inputs)
-_CALLS["preference_score"] = (_score_op, 3)
+_register("preference_score", _score_op, _score_backward, 3)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,13 +247,12 @@ def _matrix_backward(ctx, grad):
     v, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     ng = bool(n[1]) and gate is not None
-    gv, gg = _matrix_bwd_op(grad, v, gate, bool(n[0]), ng)
+    gv, gg = _pick(_matrix_bwd_op, grad)(grad, v, gate, bool(n[0]), ng)
     return _opt(n[0], gv), _opt(ng, gg)
 
 
 _matrix_op = _define("preference_matrix", _matrix, lambda v, gate: v.new_empty(v.shape[0], v.shape[1], v.shape[1]))
-_matrix_op.register_autograd(_matrix_backward, setup_context=_save_inputs)
-_CALLS["preference_matrix"] = (_matrix_op, 2)
+_register("preference_matrix", _matrix_op, _matrix_backward, 2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,13 +305,12 @@ def _win_backward(ctx, grad):
     v, weights, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     nw, ng = bool(n[1]) and weights is not None, bool(n[2]) and gate is not None
-    gv, gw, gg = _win_bwd_op(grad, v, weights, gate, bool(n[0]), nw, ng)
+    gv, gw, gg = _pick(_win_bwd_op, grad)(grad, v, weights, gate, bool(n[0]), nw, ng)
     return _opt(n[0], gv), _opt(nw, gw), _opt(ng, gg)
 
 
 _win_op = _define("win_score", _win, lambda v, weights, gate: v.new_empty(v.shape[0], v.shape[1]))
-_win_op.register_autograd(_win_backward, setup_context=_save_inputs)
-_CALLS["win_score"] = (_win_op, 3)
+_register("win_score", _win_op, _win_backward, 3)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,7 +388,7 @@ def _gpm_backward(ctx, grad):
     tensors = ctx.saved_tensors[:5]
     tau, reduction = ctx.others[5:7]
     needs = _needs(ctx, tensors)
-    grads = _gpm_bwd_op(grad, *tensors, tau, reduction, *needs)
+    grads = _pick(_gpm_bwd_op, grad)(grad, *tensors, tau, reduction, *needs)
     return (*(_opt(nd, g) for nd, g in zip(needs, grads)), None, None)
 
 
@@ -362,8 +397,7 @@ _gpm_op = _define(
     _gpm,
     lambda vc, vr, gate, margin, label, tau, reduction: _loss_out(vc, vc.shape[0], reduction),
 )
-_gpm_op.register_autograd(_gpm_backward, setup_context=_save_inputs)
-_CALLS["gpm_loss"] = (_gpm_op, 7)
+_register("gpm_loss", _gpm_op, _gpm_backward, 7)
 
 
 def _bt(
@@ -418,13 +452,12 @@ def _bt_backward(ctx, grad):
     tensors = ctx.saved_tensors[:4]
     tau, reduction = ctx.others[4:6]
     needs = _needs(ctx, tensors)
-    grads = _bt_bwd_op(grad, *tensors, tau, reduction, *needs)
+    grads = _pick(_bt_bwd_op, grad)(grad, *tensors, tau, reduction, *needs)
     return (*(_opt(nd, g) for nd, g in zip(needs, grads)), None, None)
 
 
 _bt_op = _define("bt_loss", _bt, lambda rc, rr, m, lab, tau, reduction: _loss_out(rc, rc.shape[0], reduction))
-_bt_op.register_autograd(_bt_backward, setup_context=_save_inputs)
-_CALLS["bt_loss"] = (_bt_op, 6)
+_register("bt_loss", _bt_op, _bt_backward, 6)
 
 
 def _policy_scalars(beta, offset, gamma, clamp, reduction) -> tuple:
@@ -486,7 +519,7 @@ _policy_bwd_op = _define(
 def _policy_backward(ctx, grad):
     tensors = ctx.saved_tensors[:4]
     needs = _needs(ctx, tensors)
-    grads = _policy_bwd_op(grad, *tensors, *ctx.others[4:9], *needs)
+    grads = _pick(_policy_bwd_op, grad)(grad, *tensors, *ctx.others[4:9], *needs)
     return (*(_opt(nd, g) for nd, g in zip(needs, grads)), *([None] * 5))
 
 
@@ -495,5 +528,4 @@ _policy_op = _define(
     _policy,
     lambda lp, rl, tg, ln, beta, off, gamma, clamp, reduction: _loss_out(lp, lp.shape[0], reduction),
 )
-_policy_op.register_autograd(_policy_backward, setup_context=_save_inputs)
-_CALLS["policy_loss"] = (_policy_op, 9)
+_register("policy_loss", _policy_op, _policy_backward, 9)
