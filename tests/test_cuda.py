@@ -43,7 +43,7 @@ def test_dispatch_falls_back_to_torch_without_cuda(op, monkeypatch):
     assert active_impl(op, "cuda") == "torch"
     assert active_impl(op, "cpu") == "rust"
     monkeypatch.setenv("GPMKIT_IMPL", "rust")
-    with pytest.raises(DeviceError, match="GPMKIT_IMPL=rust.*no usable CUDA"):
+    with pytest.raises(DeviceError, match=r"GPMKIT_IMPL=rust.*no usable CUDA"):
         active_impl(op, "cuda")
 
 
