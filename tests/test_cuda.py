@@ -78,8 +78,8 @@ def test_launch_checks_the_request_before_touching_cuda():
 
 
 def test_scratch_sizes():
-    # 1000 pairs × 4 lanes = 4000 threads → 16 blocks of 256 → 16 float64 partial sums
-    assert _core.cuda_scratch_bytes("gpm_fwd", "f32", [1000, 4]) == 16 * 8
+    # 1000 pairs × 4 lanes, 4 pairs per group and round = 1000 threads → 4 blocks → 4 float64 partial sums
+    assert _core.cuda_scratch_bytes("gpm_fwd", "f32", [1000, 4]) == 4 * 8
     # win-score statistics: B·k entries of (v̄, u) in the accumulation type
     assert _core.cuda_scratch_bytes("win_fwd", "bf16", [3, 5, 2]) == 3 * 2 * 4 * 4
     assert _core.cuda_scratch_bytes("win_bwd", "f64", [3, 5, 2]) == 3 * 2 * 4 * 8
@@ -128,11 +128,8 @@ def test_every_launch_request_passes_the_plan_checks(monkeypatch):
     """Each implementation's request (pointer count and order, alignment, sizes, scalars) is accepted by the
     Rust planner; with no driver the launch then fails with DeviceError, never with an ArgumentError."""
 
-    class _Stream:
-        cuda_stream = 0
-
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream)
+    monkeypatch.setattr(_cuda, "_current_device", lambda: 0)
+    monkeypatch.setattr(_cuda, "_current_stream", lambda idx: 0)
     n, k, b, kk = 7, 3, 2, 5
     vi, vj, gate, w, m, lab = _cpu(n, 2 * k), _cpu(n, 2 * k), _cpu(n, k), _cpu(b, kk), _cpu(n), _cpu(n)
     v, pg = _cpu(b, kk, 2 * k), _cpu(b, k)

@@ -14,6 +14,15 @@ pub const BLOCK: u32 = 256;
 /// a few waves to spare; beyond it the kernels loop.
 pub const MAX_GRID: u32 = 4096;
 
+/// Rows one thread group handles per round in the pair-row kernels (`GPM_UNROLL` in `common.cuh`).
+pub const UNROLL: i64 = 4;
+
+/// Grid of a pair-row kernel (`score_fwd`, `gpm_fwd`, `gpm_bwd`) over `n` rows of `lanes` threads each,
+/// [`UNROLL`] rows per group and round. For `gpm_fwd` it is also the number of partial sums.
+pub fn row_grid(n: i64, lanes: i32) -> u32 {
+    grid_for((n + UNROLL - 1) / UNROLL * i64::from(lanes))
+}
+
 /// Element type of the tensors of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -234,9 +243,9 @@ fn signature(op: &str) -> Result<(&'static [&'static str], &'static [&'static st
     })
 }
 
-/// Grid of the forward loss kernel over `n` rows, each `lanes` threads wide; also the number of partial sums.
-fn loss_grid(n: i64, lanes: i32) -> u32 {
-    grid_for(n * i64::from(lanes))
+/// Grid of the element-wise loss kernels (one thread per row); also their number of partial sums.
+fn loss_grid(n: i64) -> u32 {
+    grid_for(n)
 }
 
 /// Bytes of scratch memory the Python layer must allocate (`torch.empty`) and pass as `scratch`.
@@ -245,8 +254,8 @@ pub fn scratch_bytes(op: &str, dtype: DType, sizes: &[i64]) -> Result<u64> {
     check_sizes(op, sizes, n_sizes)?;
     Ok(match op {
         "win_fwd" | "win_bwd" => (sizes[0] * sizes[2]) as u64 * 4 * dtype.acc_size(),
-        "gpm_fwd" => u64::from(loss_grid(sizes[0], group_size(sizes[1]))) * 8,
-        "bt_fwd" | "policy_fwd" => u64::from(loss_grid(sizes[0], 1)) * 8,
+        "gpm_fwd" => u64::from(row_grid(sizes[0], group_size(sizes[1]))) * 8,
+        "bt_fwd" | "policy_fwd" => u64::from(loss_grid(sizes[0])) * 8,
         _ => 0,
     })
 }
@@ -310,7 +319,7 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
                         Arg::I32(k as i32),
                         Arg::I32(g),
                     ];
-                    b.push("score_fwd", Module::Score, grid_for(n * i64::from(g)), args);
+                    b.push("score_fwd", Module::Score, row_grid(n, g), args);
                 }
                 "score_bwd" => {
                     let args = ["grad", "v_i", "v_j", "gate", "grad_v_i", "grad_v_j", "grad_gate"].map(ptr).to_vec();
@@ -319,7 +328,7 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
                 }
                 "gpm_fwd" => {
                     let (inv_tau, red) = loss_params(req.scalars)?;
-                    let grid = loss_grid(n, g);
+                    let grid = row_grid(n, g);
                     let mode = i32::from(red != Reduce::None);
                     let mut args =
                         ["v_chosen", "v_rejected", "gate", "margin", "label", "loss", "scratch"].map(ptr).to_vec();
@@ -346,7 +355,7 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
                         .map(ptr),
                     );
                     args.extend([Arg::I64(n), Arg::I32(k as i32), Arg::I32(g), Arg::F64(inv_tau)]);
-                    b.push("gpm_bwd", Module::Loss, grid_for(n * i64::from(g)), args);
+                    b.push("gpm_bwd", Module::Loss, row_grid(n, g), args);
                 }
             }
         }
@@ -396,7 +405,7 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
             let n = s[0];
             let (inv_tau, red) = loss_params(req.scalars)?;
             if req.op == "bt_fwd" {
-                let grid = loss_grid(n, 1);
+                let grid = loss_grid(n);
                 let mut args = ["r_chosen", "r_rejected", "margin", "label", "loss", "scratch"].map(ptr).to_vec();
                 args.extend([Arg::I64(n), Arg::F64(inv_tau), Arg::I32(i32::from(red != Reduce::None))]);
                 b.push("bt_fwd", Module::Loss, grid, args);
@@ -441,7 +450,7 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
                 Arg::F64(if clamp.is_nan() { -1.0 } else { clamp }),
             ];
             if req.op == "policy_fwd" {
-                let grid = loss_grid(n, 1);
+                let grid = loss_grid(n);
                 let mut args =
                     vec![ptr("logp"), ptr("ref_logp"), ptr("target"), Arg::Ptr(lengths), ptr("loss"), ptr("scratch")];
                 args.push(Arg::I64(n));
@@ -514,19 +523,26 @@ mod tests {
         assert_eq!(grid_for(256), 1);
         assert_eq!(grid_for(257), 2);
         assert_eq!(grid_for(1 << 40), MAX_GRID);
+        // pair rows: ⌈n / UNROLL⌉ groups of `lanes` threads
+        assert_eq!(row_grid(0, 4), 0);
+        assert_eq!(row_grid(1, 1), 1);
+        assert_eq!(row_grid(1024, 1), 1);
+        assert_eq!(row_grid(1025, 1), 2);
+        assert_eq!(row_grid(1 << 22, 4), MAX_GRID);
     }
 
     #[test]
     fn gpm_mean_is_one_fused_pass_plus_an_ordered_finish() {
-        // n = 1000 pairs of k = 4 blocks → 4 lanes per pair, 4000 threads → 16 blocks → 16 partials.
+        // n = 1000 pairs of k = 4 blocks → 4 lanes per pair, 4 pairs per group and round: 1000 threads
+        // → 4 blocks → 4 partials.
         let ptrs = [256, 512, 0, 0, 0, 1024, 2048];
         let l = plan(&req("gpm_fwd", &ptrs, &[1000, 4], &[0.1, 1.0])).unwrap();
         assert_eq!(l.len(), 2);
-        assert_eq!((l[0].kernel.as_str(), l[0].grid), ("gpm_fwd_f32", 16));
+        assert_eq!((l[0].kernel.as_str(), l[0].grid), ("gpm_fwd_f32", 4));
         assert_eq!(l[0].args[7..], [Arg::I64(1000), Arg::I32(4), Arg::I32(4), Arg::F64(10.0), Arg::I32(1)]);
         assert_eq!(l[1].kernel, "loss_finish_f32");
-        assert_eq!(l[1].args, [Arg::Ptr(2048), Arg::I32(16), Arg::F64(1000.0), Arg::Ptr(1024)]);
-        assert_eq!(scratch_bytes("gpm_fwd", DType::F32, &[1000, 4]).unwrap(), 16 * 8);
+        assert_eq!(l[1].args, [Arg::Ptr(2048), Arg::I32(4), Arg::F64(1000.0), Arg::Ptr(1024)]);
+        assert_eq!(scratch_bytes("gpm_fwd", DType::F32, &[1000, 4]).unwrap(), 4 * 8);
         // 'none' writes per-pair losses and needs no finish
         let l = plan(&req("gpm_fwd", &ptrs, &[1000, 4], &[0.1, 0.0])).unwrap();
         assert_eq!(l.len(), 1);

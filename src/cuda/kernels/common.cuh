@@ -93,6 +93,68 @@ __device__ __forceinline__ double softplus_neg(double z, double* sig) {
     const int64_t rounds = ((rows) + row_step - 1) / row_step;                             \
     for (int64_t round = 0, row = first_row; round < rounds; ++round, row += row_step)
 
+// Rows per round of the pair-row kernels (score_fwd, gpm_fwd, gpm_bwd): one thread loads its share of
+// GPM_UNROLL rows, spaced row_step apart, before it reduces or stores any of them, so it keeps several
+// independent loads in flight (streaming from HBM needs tens of KB in flight per SM).
+#define GPM_UNROLL 4
+
+#define FOR_ROW_BATCHES(rows, G)                                                           \
+    const int lane = threadIdx.x & ((G) - 1);                                              \
+    const int64_t first_row = ((int64_t)blockIdx.x * GPM_BLOCK + threadIdx.x) / (G);       \
+    const int64_t row_step = (int64_t)gridDim.x * GPM_BLOCK / (G);                         \
+    const int64_t batch_step = row_step * GPM_UNROLL;                                      \
+    const int64_t rounds = ((rows) + batch_step - 1) / batch_step;                         \
+    for (int64_t round = 0, row0 = first_row; round < rounds; ++round, row0 += batch_step)
+
+// For k ≤ 32 (G ≥ k, so lane l < k owns exactly block l of the row): loads the lane's block of x and y
+// and its gate for GPM_UNROLL rows into registers (zeros / λ = 1 outside the data).
+template <typename T>
+__device__ __forceinline__ void load_lane_blocks(const T* __restrict__ x, const T* __restrict__ y,
+                                                 const T* __restrict__ gate, int64_t n, int k, int lane,
+                                                 int64_t row0, int64_t row_step, P2<typename Acc<T>::type> (&a)[GPM_UNROLL],
+                                                 P2<typename Acc<T>::type> (&b)[GPM_UNROLL],
+                                                 typename Acc<T>::type (&lam)[GPM_UNROLL]) {
+    typedef typename Acc<T>::type A;
+#pragma unroll
+    for (int u = 0; u < GPM_UNROLL; ++u) {
+        const int64_t row = row0 + u * row_step;
+        const bool ok = row < n && lane < k;
+        const int64_t o = (row * k + lane) * 2;
+        a[u] = ok ? load2(x + o) : P2<A>{A(0), A(0)};
+        b[u] = ok ? load2(y + o) : P2<A>{A(0), A(0)};
+        lam[u] = (ok && gate) ? to_acc(gate[row * k + lane]) : A(1);
+    }
+}
+
+// This lane's part of s(x_row ≻ y_row) for GPM_UNROLL rows (any k); sum over the group afterwards.
+template <typename T>
+__device__ __forceinline__ void lane_scores(const T* __restrict__ x, const T* __restrict__ y,
+                                            const T* __restrict__ gate, int64_t n, int k, int G, int lane,
+                                            int64_t row0, int64_t row_step, typename Acc<T>::type (&s)[GPM_UNROLL]) {
+    typedef typename Acc<T>::type A;
+    if (k <= 32) {
+        P2<A> a[GPM_UNROLL], b[GPM_UNROLL];
+        A lam[GPM_UNROLL];
+        load_lane_blocks(x, y, gate, n, k, lane, row0, row_step, a, b, lam);
+#pragma unroll
+        for (int u = 0; u < GPM_UNROLL; ++u) s[u] = lam[u] * (a[u].x * b[u].y - a[u].y * b[u].x);
+    } else {
+#pragma unroll
+        for (int u = 0; u < GPM_UNROLL; ++u) {
+            const int64_t row = row0 + u * row_step;
+            A acc = 0;
+            if (row < n) {
+                for (int l = lane; l < k; l += G) {
+                    P2<A> a = load2(x + (row * k + l) * 2), b = load2(y + (row * k + l) * 2);
+                    const A t = a.x * b.y - a.y * b.x;
+                    acc += gate ? t * to_acc(gate[row * k + l]) : t;
+                }
+            }
+            s[u] = acc;
+        }
+    }
+}
+
 // Plain grid-stride loop over `count` independent items.
 #define FOR_ITEMS(i, count) \
     for (int64_t i = (int64_t)blockIdx.x * GPM_BLOCK + threadIdx.x; i < (count); i += (int64_t)gridDim.x * GPM_BLOCK)

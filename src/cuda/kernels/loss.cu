@@ -36,22 +36,25 @@ __device__ void gpm_fwd(const T* __restrict__ vc, const T* __restrict__ vr, cons
                         double* __restrict__ partials, int64_t n, int k, int G, double inv_tau, int mode) {
     typedef typename Acc<T>::type A;
     double acc = 0.0;
-    FOR_ROWS(n, G) {
-        A s = 0;
-        if (row < n) {
-            for (int l = lane; l < k; l += G) {
-                P2<A> a = load2(vc + row * 2 * k + 2 * l), b = load2(vr + row * 2 * k + 2 * l);
-                A t = a.x * b.y - a.y * b.x;
-                s += gate ? t * to_acc(gate[row * k + l]) : t;
-            }
+    FOR_ROW_BATCHES(n, G) {
+        A s[GPM_UNROLL], m[GPM_UNROLL], p[GPM_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GPM_UNROLL; ++u) {  // issued together with the row loads below
+            const int64_t row = row0 + u * row_step;
+            m[u] = (margin && row < n && lane == 0) ? to_acc(margin[row]) : A(0);
+            p[u] = (label && row < n && lane == 0) ? to_acc(label[row]) : A(1);
         }
-        s = group_sum(s, G);
-        if (row < n && lane == 0) {
-            A z, sig;
-            const A m = margin ? to_acc(margin[row]) : A(0), p = label ? to_acc(label[row]) : A(1);
-            const A l = pair_loss(s, m, p, A(inv_tau), &z, &sig);
-            if (mode == 0) loss[row] = from_acc<T>(l);
-            else acc += (double)l;
+        lane_scores(vc, vr, gate, n, k, G, lane, row0, row_step, s);
+#pragma unroll
+        for (int u = 0; u < GPM_UNROLL; ++u) {
+            const int64_t row = row0 + u * row_step;
+            const A total = group_sum(s[u], G);
+            if (row < n && lane == 0) {
+                A z, sig;
+                const A l = pair_loss(total, m[u], p[u], A(inv_tau), &z, &sig);
+                if (mode == 0) loss[row] = from_acc<T>(l);
+                else acc += (double)l;
+            }
         }
     }
     finish_rows<T>(mode, acc, partials);
@@ -67,34 +70,64 @@ __device__ void gpm_bwd(const T* __restrict__ grad, int grad_stride, double scal
                         const T* __restrict__ label, T* __restrict__ gc, T* __restrict__ gr, T* __restrict__ gg,
                         T* __restrict__ gm, T* __restrict__ gl, int64_t n, int k, int G, double inv_tau) {
     typedef typename Acc<T>::type A;
-    FOR_ROWS(n, G) {
-        A s = 0;
-        if (row < n) {
-            for (int l = lane; l < k; l += G) {
-                P2<A> a = load2(vc + row * 2 * k + 2 * l), b = load2(vr + row * 2 * k + 2 * l);
-                A t = a.x * b.y - a.y * b.x;
-                s += gate ? t * to_acc(gate[row * k + l]) : t;
-            }
+    FOR_ROW_BATCHES(n, G) {
+        A m[GPM_UNROLL], p[GPM_UNROLL], g[GPM_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GPM_UNROLL; ++u) {
+            const int64_t row = row0 + u * row_step;
+            const bool ok = row < n;
+            m[u] = (margin && ok) ? to_acc(margin[row]) : A(0);
+            p[u] = (label && ok) ? to_acc(label[row]) : A(1);
+            g[u] = ok ? to_acc(grad[row * grad_stride]) * A(scale) : A(0);
         }
-        s = group_sum(s, G);
-        if (row < n) {
-            A z, sig;
-            const A m = margin ? to_acc(margin[row]) : A(0), p = label ? to_acc(label[row]) : A(1);
-            pair_loss(s, m, p, A(inv_tau), &z, &sig);
-            const A g = to_acc(grad[row * grad_stride]) * A(scale);
-            const A coef = g * (sig - p) * A(inv_tau);  // ∂ℓ/∂s times the upstream gradient
-            for (int l = lane; l < k; l += G) {
-                const int64_t o = row * 2 * k + 2 * l;
-                P2<A> a = load2(vc + o), b = load2(vr + o);
-                const A lam = gate ? to_acc(gate[row * k + l]) : A(1);
-                const A cl = coef * lam;
-                if (gc) store2(gc + o, cl * b.y, -cl * b.x);
-                if (gr) store2(gr + o, -cl * a.y, cl * a.x);
-                if (gg) gg[row * k + l] = from_acc<T>(coef * (a.x * b.y - a.y * b.x));
+        if (k <= 32) {  // the lane's block stays in registers from the score to its gradient
+            P2<A> a[GPM_UNROLL], b[GPM_UNROLL];
+            A lam[GPM_UNROLL];
+            load_lane_blocks(vc, vr, gate, n, k, lane, row0, row_step, a, b, lam);
+#pragma unroll
+            for (int u = 0; u < GPM_UNROLL; ++u) {
+                const int64_t row = row0 + u * row_step;
+                const A t = a[u].x * b[u].y - a[u].y * b[u].x;
+                const A s = group_sum(lam[u] * t, G);
+                A z, sig;
+                pair_loss(s, m[u], p[u], A(inv_tau), &z, &sig);
+                const A coef = g[u] * (sig - p[u]) * A(inv_tau);  // ∂ℓ/∂s times the upstream gradient
+                if (row < n && lane < k) {
+                    const int64_t o = (row * k + lane) * 2;
+                    const A cl = coef * lam[u];
+                    if (gc) store2(gc + o, cl * b[u].y, -cl * b[u].x);
+                    if (gr) store2(gr + o, -cl * a[u].y, cl * a[u].x);
+                    if (gg) gg[row * k + lane] = from_acc<T>(coef * t);
+                }
+                if (row < n && lane == 0) {
+                    if (gm) gm[row] = from_acc<T>(-coef);
+                    if (gl) gl[row] = from_acc<T>(-z * g[u]);
+                }
             }
-            if (lane == 0) {
-                if (gm) gm[row] = from_acc<T>(-coef);
-                if (gl) gl[row] = from_acc<T>(-z * g);
+        } else {
+            A s[GPM_UNROLL];
+            lane_scores(vc, vr, gate, n, k, G, lane, row0, row_step, s);
+#pragma unroll
+            for (int u = 0; u < GPM_UNROLL; ++u) {
+                const int64_t row = row0 + u * row_step;
+                const A total = group_sum(s[u], G);
+                if (row >= n) continue;
+                A z, sig;
+                pair_loss(total, m[u], p[u], A(inv_tau), &z, &sig);
+                const A coef = g[u] * (sig - p[u]) * A(inv_tau);
+                for (int l = lane; l < k; l += G) {
+                    const int64_t o = (row * k + l) * 2;
+                    P2<A> a = load2(vc + o), b = load2(vr + o);
+                    const A lam = gate ? to_acc(gate[row * k + l]) : A(1);
+                    const A cl = coef * lam;
+                    if (gc) store2(gc + o, cl * b.y, -cl * b.x);
+                    if (gr) store2(gr + o, -cl * a.y, cl * a.x);
+                    if (gg) gg[row * k + l] = from_acc<T>(coef * (a.x * b.y - a.y * b.x));
+                }
+                if (lane == 0) {
+                    if (gm) gm[row] = from_acc<T>(-coef);
+                    if (gl) gl[row] = from_acc<T>(-z * g[u]);
+                }
             }
         }
     }

@@ -14,17 +14,15 @@ template <typename T>
 __device__ void score_fwd(const T* __restrict__ vi, const T* __restrict__ vj, const T* __restrict__ gate,
                           T* __restrict__ out, int64_t n, int k, int G) {
     typedef typename Acc<T>::type A;
-    FOR_ROWS(n, G) {
-        A s = 0;
-        if (row < n) {
-            for (int l = lane; l < k; l += G) {
-                P2<A> a = load2(vi + row * 2 * k + 2 * l), b = load2(vj + row * 2 * k + 2 * l);
-                A t = a.x * b.y - a.y * b.x;
-                s += gate ? t * to_acc(gate[row * k + l]) : t;
-            }
+    FOR_ROW_BATCHES(n, G) {
+        A s[GPM_UNROLL];
+        lane_scores(vi, vj, gate, n, k, G, lane, row0, row_step, s);
+#pragma unroll
+        for (int u = 0; u < GPM_UNROLL; ++u) {
+            const int64_t row = row0 + u * row_step;
+            const A total = group_sum(s[u], G);
+            if (row < n && lane == 0) out[row] = from_acc<T>(total);
         }
-        s = group_sum(s, G);
-        if (row < n && lane == 0) out[row] = from_acc<T>(s);
     }
 }
 #define SCORE_FWD_PARAMS(T) (const T* vi, const T* vj, const T* gate, T* out, int64_t n, int k, int G)
