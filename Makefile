@@ -63,8 +63,8 @@ build: setup
 lint: setup ptx-check
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benches examples
-	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/ruff check python tests benches examples scripts
+	$(VENV)/bin/ruff format --check python tests benches examples scripts
 	$(PY) -m mypy.stubtest gpmkit._core
 
 test-rust: setup
