@@ -152,3 +152,29 @@ def test_every_launch_request_passes_the_plan_checks(monkeypatch):
         with pytest.raises(DeviceError, match="no CUDA driver"):
             call()
             pytest.fail(f"call {i} launched without a driver")
+
+
+needs_cuda = pytest.mark.skipif(not gpmkit.cuda_available(), reason="needs gpmkit's CUDA backend and a GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_kernels_match_the_oracle(dtype):
+    """A short version of scripts/gpu_check.py for GPU machines that run pytest."""
+    from gpmkit import _reference as ref
+
+    assert active_impl("gpm_loss", "cuda") == "cuda"
+    vc, vr = (torch.randn(37, 6, device="cuda", dtype=torch.float64) for _ in range(2))
+    gate = torch.rand(37, 3, device="cuda", dtype=torch.float64)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    xs = [t.to(dtype).requires_grad_() for t in (vc, vr, gate)]
+    loss = F.gpm_loss(*xs, margin=0.1, label=0.8)
+    grads = torch.autograd.grad(loss, xs)
+    x64 = [t.detach().double().requires_grad_() for t in xs]
+    want = ref.gpm_loss(*x64, 0.1, torch.tensor(0.1, device="cuda"), torch.tensor(0.8, device="cuda"))
+    torch.testing.assert_close(loss.double(), want, atol=tol, rtol=tol)
+    for g, w in zip(grads, torch.autograd.grad(want, x64)):
+        torch.testing.assert_close(g.double(), w, atol=tol, rtol=tol)
+    v = torch.randn(3, 5, 6, device="cuda", dtype=dtype)
+    torch.testing.assert_close(F.preference_matrix(v).double(), ref.preference_matrix(v.double()), atol=tol, rtol=tol)
