@@ -3,6 +3,8 @@
 #   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
 #   make bench   benchmarks vs PyTorch (appends a section to BENCHMARKS.md) + criterion benches of the kernels
 #   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
+#   make test-candle  the Candle CustomOps crate (crates/gpmkit-candle: fmt, clippy, tests, example); not part
+#                of `make test` (a clean candle-core build takes ~6 min on 2 cores)
 #   make ptx     regenerate the committed PTX of src/cuda/kernels/*.cu (pinned CUDA 13.0 nvcc from PyPI;
 #                `make lint` regenerates it into a temp dir, diffs it and runs ptxas -arch=sm_90: no GPU needed)
 
@@ -18,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup build test lint test-rust test-python bench bench-rust wheel clean help ptx ptx-check
+.PHONY: setup build test lint test-rust test-python bench bench-rust wheel clean help ptx ptx-check test-candle
 
 # CUDA 13.0 toolchain from PyPI wheels (no system CUDA): nvcc + cicc + headers, unpacked under the venv.
 CUDA_TOOLS := $(VENV)/cuda-13.0
@@ -74,6 +76,10 @@ test-python: setup wheel
 	$(PY) -m pytest -q
 
 test: lint test-rust test-python
+
+test-candle:
+	cd crates/gpmkit-candle && cargo fmt --check && cargo clippy --all-targets -- -D warnings \
+	  && cargo test && cargo run -q --example score_k_embeddings
 
 bench: setup
 	$(PY) benches/bench_kernels.py --threads 2
