@@ -4,6 +4,10 @@
 #   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
 #   make bench   benchmarks vs PyTorch and TRL (append sections to BENCHMARKS.md) + criterion benches of the kernels
 #   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
+#   make test-candle  the Candle CustomOps crate (crates/gpmkit-candle: fmt, clippy, tests, example); not part
+#                of `make test` (a clean candle-core build takes ~6 min on 2 cores)
+#   make ptx     regenerate the committed PTX of src/cuda/kernels/*.cu (pinned CUDA 13.0 nvcc from PyPI;
+#                `make lint` regenerates it into a temp dir, diffs it and runs ptxas -arch=sm_90: no GPU needed)
 
 SHELL := /bin/bash
 PY_BOOT ?= python3
@@ -12,12 +16,21 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP_ENV := $(VENV)/.deps-stamp
 STAMP_EXT := $(VENV)/.ext-stamp
-RUST_SRC := $(shell find src -name '*.rs') Cargo.toml Cargo.lock pyproject.toml
+RUST_SRC := $(shell find src -name '*.rs' -o -name '*.ptx') Cargo.toml Cargo.lock pyproject.toml
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup build demo test lint test-rust test-python bench bench-rust wheel clean help
+.PHONY: setup build demo test lint test-rust test-python bench bench-rust wheel clean help ptx ptx-check test-candle
+
+# CUDA 13.0 toolchain from PyPI wheels (no system CUDA): nvcc + cicc + headers, unpacked under the venv.
+CUDA_TOOLS := $(VENV)/cuda-13.0
+NVCC_ROOT := $(CUDA_TOOLS)/nvidia/cu13
+STAMP_CUDA := $(CUDA_TOOLS)/.stamp
+CUDA_WHEELS := nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
+	nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+NVCC_FLAGS := -ptx -arch=sm_90 -std=c++17 -I$(NVCC_ROOT)/include -I$(NVCC_ROOT)/include/cccl
+CUDA_SRC := $(wildcard src/cuda/kernels/*.cu)
 
 help:
 	@sed -n '1,/^$$/p' Makefile
@@ -35,13 +48,26 @@ $(STAMP_EXT): $(STAMP_ENV) $(RUST_SRC)
 
 setup: $(STAMP_EXT)
 
+$(STAMP_CUDA): $(STAMP_ENV)
+	$(UV) pip install --python $(PY) -q --no-deps --target $(CUDA_TOOLS) $(CUDA_WHEELS)
+	touch $@
+
+ptx: $(STAMP_CUDA)
+	for f in $(CUDA_SRC); do $(NVCC_ROOT)/bin/nvcc $(NVCC_FLAGS) -o $${f%.cu}.ptx $$f || exit 1; done
+
+ptx-check: $(STAMP_CUDA)
+	tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && for f in $(CUDA_SRC); do \
+	  $(NVCC_ROOT)/bin/nvcc $(NVCC_FLAGS) -o $$tmp/out.ptx $$f && $(NVCC_ROOT)/bin/ptxas -arch=sm_90 -o /dev/null $$tmp/out.ptx \
+	  && cmp -s $$tmp/out.ptx $${f%.cu}.ptx || { echo "$${f%.cu}.ptx is stale or does not compile: run make ptx"; exit 1; }; \
+	done
+
 build: setup
 
-lint: setup
+lint: setup ptx-check
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benches examples
-	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/ruff check python tests benches examples scripts
+	$(VENV)/bin/ruff format --check python tests benches examples scripts
 	$(PY) -m mypy.stubtest gpmkit._core
 
 test-rust: setup
@@ -54,6 +80,10 @@ test: lint test-rust test-python
 
 demo: setup
 	$(PY) -m gpmkit demo --out demo
+
+test-candle:
+	cd crates/gpmkit-candle && cargo fmt --check && cargo clippy --all-targets -- -D warnings \
+	  && cargo test && cargo run -q --example score_k_embeddings
 
 bench: setup
 	$(PY) benches/bench_kernels.py --threads 2

@@ -12,6 +12,7 @@
 //! `src/python/` behind the default `python` feature and contain no math.
 
 pub mod batch;
+pub mod cuda;
 pub mod error;
 pub mod fastmath;
 pub mod loss;

@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from . import exceptions
-from ._core import __version__, get_num_threads, set_num_threads
+from ._core import __version__, cuda_available, get_num_threads, set_num_threads
 from .exceptions import ArgumentError, DeviceError, DTypeError, GPMError, ShapeError
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "GPMModel",
     "ShapeError",
     "__version__",
+    "cuda_available",
     "data",
     "datasets",
     "eval",

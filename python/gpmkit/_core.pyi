@@ -29,6 +29,10 @@ __all__ = [
     "batch_store_from_pairs",
     "batch_validate_store",
     "bt_loss",
+    "cuda_available",
+    "cuda_launch",
+    "cuda_scratch_bytes",
+    "cuda_warmup",
     "get_num_threads",
     "gpm_loss",
     "policy_loss",
@@ -143,6 +147,22 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """Threads of the kernels' own pool. Results are bit-identical for any value."""
+
+def cuda_available() -> bool:
+    """``True`` when gpmkit's CUDA backend can run here: the launcher is compiled in (cargo feature ``cuda``)
+    and a CUDA driver (``libcuda.so.1``, loaded at run time) reports at least one device. Never raises."""
+
+def cuda_scratch_bytes(op: str, dtype: str, sizes: list[int]) -> int:
+    """Bytes of scratch device memory ``cuda_launch(op, ...)`` needs (the caller allocates it with torch)."""
+
+def cuda_warmup(device: int) -> None:
+    """Retain device ``device``'s primary context and load the kernels' PTX (before CUDA-graph capture)."""
+
+def cuda_launch(
+    op: str, dtype: str, device: int, stream: int, ptrs: list[int], sizes: list[int], scalars: list[float]
+) -> None:
+    """Enqueue CUDA operation ``op`` (``score_fwd``, ``gpm_bwd``, ...; see ``src/cuda/plan.rs``) on ``stream``
+    of ``device`` over the device pointers ``ptrs`` (0 = absent). Asynchronous: never synchronises."""
 
 def _panic(message: str, in_pool: bool = False) -> None:
     """Test hook: panics inside Rust; surfaces as :class:`gpmkit.exceptions.GPMError`."""

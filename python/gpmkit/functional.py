@@ -8,10 +8,11 @@ prompt a gate ``λ ∈ R^k`` (one non-negative scale per 2-D block)::
 ``s(i, j) = −s(j, i)`` and ``s(i, i) = 0`` hold exactly. Every function accepts CPU or CUDA tensors of
 float32/float64 (bfloat16/float16 are computed in float32 and cast back), broadcasts leading (batch)
 dimensions like PyTorch, and is differentiable with respect to every floating-point tensor argument.
-On CPU the Rust kernels run (``torch.ops.gpmkit.*``); elsewhere the vectorised PyTorch path runs
-(:func:`gpmkit.ops.active_impl` says which). Empty batches give empty results; ``reduction='mean'`` of
-an empty batch is NaN and ``'sum'`` is 0, as in PyTorch. NaN/Inf propagate to the outputs that depend
-on them and nowhere else.
+On CPU the Rust kernels run (``torch.ops.gpmkit.*``), on CUDA the CUDA kernels
+(``torch.ops.gpmkit.cuda_*``, bfloat16/float16 read directly with float32 arithmetic) when
+:func:`gpmkit.cuda_available`; elsewhere the vectorised PyTorch path runs (:func:`gpmkit.ops.active_impl`
+says which). Empty batches give empty results; ``reduction='mean'`` of an empty batch is NaN and
+``'sum'`` is 0, as in PyTorch. NaN/Inf propagate to the outputs that depend on them and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from . import _reference as ref
 from .exceptions import ArgumentError, DeviceError, DTypeError, ShapeError
-from .ops import _cpu, active_impl
+from .ops import _cpu, _cuda, active_impl
 
 __all__ = [
     "bt_loss",
@@ -110,7 +111,9 @@ def _reduction(reduction) -> str:
     return reduction
 
 
-def _kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+def _kernel_dtype(dtype: torch.dtype, impl: str = "rust") -> torch.dtype:
+    if impl == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return dtype  # the CUDA kernels read half precision directly
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -123,8 +126,12 @@ def _flat(t: Optional[Tensor], batch: torch.Size, tail: tuple, dtype: torch.dtyp
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _use_rust(op: str, device: torch.device) -> bool:
-    return active_impl(op, device) == "rust"
+def _native(op: str, device: torch.device, dtype: torch.dtype):
+    """``(kernels, kernel dtype)`` for a native implementation, ``(None, None)`` for the PyTorch path."""
+    impl = active_impl(op, device)
+    if impl == "torch":
+        return None, None
+    return (_cuda if impl == "cuda" else _cpu), _kernel_dtype(dtype, impl)
 
 
 def _needs(*ts: Optional[Tensor]) -> list[bool]:
@@ -155,10 +162,10 @@ def preference_score(v_i: Tensor, v_j: Tensor, gate: Optional[Tensor] = None) ->
         raise ShapeError(f"v_j: expected last dimension {2 * k} (like v_i), got shape {tuple(v_j.shape)}")
     _check_gate(gate, k)
     batch = _batch({"v_i": v_i.shape[:-1], "v_j": v_j.shape[:-1], "gate": None if gate is None else gate.shape[:-1]})
-    if not _use_rust("preference_score", device):
+    kernels, kd = _native("preference_score", device, dtype)
+    if kernels is None:
         return ref.preference_score(v_i, v_j, gate)
-    kd = _kernel_dtype(dtype)
-    out = _cpu.call(
+    out = kernels.call(
         "preference_score",
         _flat(v_i, batch, (2 * k,), kd),
         _flat(v_j, batch, (2 * k,), kd),
@@ -198,10 +205,10 @@ def preference_matrix(v: Tensor, gate: Optional[Tensor] = None) -> Tensor:
     gate = None if gate is None else _tensor(gate, "gate")
     device, dtype = _common({"v": v, "gate": gate})
     k, kk, batch = _population(v, gate, {})
-    if not _use_rust("preference_matrix", device):
+    kernels, kd = _native("preference_matrix", device, dtype)
+    if kernels is None:
         return ref.preference_matrix(v, gate)
-    kd = _kernel_dtype(dtype)
-    out = _cpu.call("preference_matrix", _flat(v, batch, (kk, 2 * k), kd), _flat(gate, batch, (k,), kd))
+    out = kernels.call("preference_matrix", _flat(v, batch, (kk, 2 * k), kd), _flat(gate, batch, (k,), kd))
     return _finish(out, (*batch, kk, kk), dtype)
 
 
@@ -226,10 +233,10 @@ def win_score(v: Tensor, weights: Optional[Tensor] = None, gate: Optional[Tensor
     k, kk, batch = _population(v, gate, {"weights": None if weights is None else weights.shape[:-1]})
     if weights is not None and weights.shape[-1] != kk:
         raise ShapeError(f"weights: expected shape [..., {kk}] (one weight per response), got {tuple(weights.shape)}")
-    if not _use_rust("win_score", device):
+    kernels, kd = _native("win_score", device, dtype)
+    if kernels is None:
         return ref.win_score(v, weights, gate)
-    kd = _kernel_dtype(dtype)
-    out = _cpu.call(
+    out = kernels.call(
         "win_score", _flat(v, batch, (kk, 2 * k), kd), _flat(weights, batch, (kk,), kd), _flat(gate, batch, (k,), kd)
     )
     return _finish(out, (*batch, kk), dtype)
@@ -287,9 +294,9 @@ def gpm_loss(
             "label": None if label is None else label.shape,
         }
     )
-    if not _use_rust("gpm_loss", device):
+    kernels, kd = _native("gpm_loss", device, dtype)
+    if kernels is None:
         return ref.gpm_loss(v_chosen, v_rejected, gate, tau, margin, label, reduction)
-    kd = _kernel_dtype(dtype)
     args = (
         _flat(v_chosen, batch, (2 * k,), kd),
         _flat(v_rejected, batch, (2 * k,), kd),
@@ -297,7 +304,7 @@ def gpm_loss(
         _flat(margin, batch, (), kd),
         _flat(label, batch, (), kd),
     )
-    loss = _cpu.call("gpm_loss", *args, tau, reduction, *_needs(*args))
+    loss = kernels.call("gpm_loss", *args, tau, reduction, *_needs(*args))
     return _finish(loss, batch if reduction == "none" else (), dtype)
 
 
@@ -320,11 +327,11 @@ def bt_loss(
     named = {"r_chosen": r_chosen, "r_rejected": r_rejected, "margin": margin, "label": label}
     device, dtype = _common(named)
     batch = _batch({k: None if t is None else t.shape for k, t in named.items()})
-    if not _use_rust("bt_loss", device):
+    kernels, kd = _native("bt_loss", device, dtype)
+    if kernels is None:
         return ref.bt_loss(r_chosen, r_rejected, tau, margin, label, reduction)
-    kd = _kernel_dtype(dtype)
     args = tuple(_flat(t, batch, (), kd) for t in named.values())
-    loss = _cpu.call("bt_loss", *args, tau, reduction, *_needs(*args))
+    loss = kernels.call("bt_loss", *args, tau, reduction, *_needs(*args))
     return _finish(loss, batch if reduction == "none" else (), dtype)
 
 
@@ -343,12 +350,12 @@ def _policy(op, logp, ref_logp, target, target_name, beta, lengths, gamma, clamp
     named = {"logp": logp, "ref_logp": ref_logp, target_name: target, "lengths": lengths}
     device, dtype = _common(named)
     batch = _batch({k: None if t is None else t.shape for k, t in named.items()})
-    if not _use_rust(op, device):
+    kernels, kd = _native(op, device, dtype)
+    if kernels is None:
         return fallback(logp, ref_logp, target, lengths)
-    kd = _kernel_dtype(dtype)
     args = tuple(_flat(t, batch, (), kd) for t in named.values())
     clamp = None if clamp is None else float(clamp)
-    loss = _cpu.call("policy_loss", *args, beta, offset, float(gamma), clamp, reduction, *_needs(*args))
+    loss = kernels.call("policy_loss", *args, beta, offset, float(gamma), clamp, reduction, *_needs(*args))
     return _finish(loss, batch if reduction == "none" else (), dtype)
 
 

@@ -14,6 +14,7 @@ use pyo3::types::PyType;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 mod batch;
+mod cuda;
 
 /// Raises the Python class `gpmkit.exceptions.<name>` with `msg`.
 fn py_error(py: Python<'_>, name: &str, msg: String) -> PyErr {
@@ -532,5 +533,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch::batch_collate, m)?)?;
     m.add_function(wrap_pyfunction!(batch::batch_store_from_lists, m)?)?;
     m.add_function(wrap_pyfunction!(batch::batch_store_from_pairs, m)?)?;
+    cuda::register(m)?;
     Ok(())
 }
