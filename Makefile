@@ -4,8 +4,8 @@
 #   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
 #   make bench   benchmarks vs PyTorch and TRL (append sections to BENCHMARKS.md) + criterion benches of the kernels
 #   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
-#   make test-candle  the Candle CustomOps crate (crates/gpmkit-candle: fmt, clippy, tests, example); not part
-#                of `make test` (a clean candle-core build takes ~6 min on 2 cores)
+#   make test-candle  the Candle CustomOps crate (crates/gpmkit-candle: fmt, clippy, tests, example); part of
+#                `make test` (a clean candle-core build takes ~6 min on 2 cores)
 #   make ptx     regenerate the committed PTX of src/cuda/kernels/*.cu (pinned CUDA 13.0 nvcc from PyPI;
 #                `make lint` regenerates it into a temp dir, diffs it and runs ptxas -arch=sm_90: no GPU needed)
 
@@ -76,7 +76,7 @@ test-rust: setup
 test-python: setup wheel
 	$(PY) -m pytest -q
 
-test: lint test-rust test-python
+test: lint test-rust test-candle test-python
 
 demo: setup
 	$(PY) -m gpmkit demo --out demo
