@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .. import _core
 from ..exceptions import DeviceError
+from ._cpu import _buf, _opt, _shape_of, _win_bufs
 
 __all__ = ["available", "call", "warmup"]
 
@@ -105,20 +106,8 @@ def _scratch(op: str, ref: Tensor, sizes: tuple) -> Tensor:
     return torch.empty(max(int(nbytes), 8), dtype=torch.uint8, device=ref.device)
 
 
-def _buf(need: bool, ref: Tensor, shape=None) -> Tensor:
-    return ref.new_empty(ref.shape if shape is None else shape) if need else ref.new_empty(0)
-
-
-def _opt(need: bool, t: Tensor) -> Optional[Tensor]:
-    return t if need else None
-
-
 def _grad(grad: Tensor, ref: Tensor) -> Tensor:
     return _prep(grad if grad.dtype == ref.dtype else grad.to(ref.dtype))
-
-
-def _shape_of(t: Optional[Tensor]):
-    return None if t is None else t.shape
 
 
 # op name → (custom operator, bare implementation, autograd function, number of arguments)
@@ -278,14 +267,6 @@ def _win(v: Tensor, weights: Optional[Tensor], gate: Optional[Tensor]) -> Tensor
     out = v.new_empty(b, kk)
     _launch("win_fwd", v, (v, weights, gate, _scratch("win_fwd", v, sizes), out), sizes)
     return out
-
-
-def _win_bufs(v, weights, gate, need_v, need_w, need_g):
-    return (
-        _buf(need_v, v),
-        _buf(need_w and weights is not None, v, _shape_of(weights)),
-        _buf(need_g and gate is not None, v, _shape_of(gate)),
-    )
 
 
 def _win_bwd(
