@@ -1,7 +1,8 @@
 # gpmkit: the one entry point. Every target is idempotent; everything but `setup` depends on it.
 #   make setup   Python env at .venv (pinned, see requirements-dev.txt) + the extension built into it
 #   make demo    GPM vs Bradley-Terry on cyclic and real human preference data → demo/ (plots, results.json)
-#   make test    cargo fmt --check, clippy -D warnings, cargo test, ruff, pytest (HF_HUB_OFFLINE=1)
+#   make test    fmt, clippy -D warnings, PTX freshness + ptxas (installs the pinned CUDA 13.0 compiler wheels, ~100 MB),
+#                cargo test, the Candle crate, ruff, stubtest, pytest (HF_HUB_OFFLINE=1)
 #   make bench   benchmarks vs PyTorch and TRL (append sections to BENCHMARKS.md) + criterion benches of the kernels
 #   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
 #   make test-candle  the Candle CustomOps crate (crates/gpmkit-candle: fmt, clippy, tests, example); part of

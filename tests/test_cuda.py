@@ -113,6 +113,16 @@ def test_cuda_ops_autograd_plumbing_on_meta(op):
     assert [g.shape for g in grads] == [t.shape for t in inputs]
 
 
+@pytest.mark.parametrize("op", sorted(_CASES))
+def test_cuda_ops_refuse_double_backward(op):
+    """create_graph=True raises (as on CPU) instead of returning gradients that act as constants."""
+    tensors, others, shape = _CASES[op]
+    out = getattr(torch.ops.gpmkit, f"cuda_{op}")(*tensors, *others)
+    inputs = [t for t in tensors if t is not None]
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(out, inputs, torch.ones(shape, device="meta"), create_graph=True)
+
+
 def test_functional_on_meta_uses_the_torch_path():
     assert active_impl("gpm_loss", "meta") == "torch"
     loss = F.gpm_loss(torch.randn(4, 2, device="meta"), torch.randn(4, 2, device="meta"))
@@ -178,3 +188,5 @@ def test_cuda_kernels_match_the_oracle(dtype):
         torch.testing.assert_close(g.double(), w, atol=tol, rtol=tol)
     v = torch.randn(3, 5, 6, device="cuda", dtype=dtype)
     torch.testing.assert_close(F.preference_matrix(v).double(), ref.preference_matrix(v.double()), atol=tol, rtol=tol)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(F.gpm_loss(*xs), xs, create_graph=True)

@@ -333,3 +333,6 @@ def test_pairs_to_records_groups_flattened_pairs():
     assert batch["num_sequences"] == 7 and flat["num_sequences"] == 10
     with pytest.raises(ArgumentError, match="share a prompt"):
         pairs_to_records([{"chosen_ids": [1, 2], "rejected_ids": [3, 4], "prompt_length": 1}])
+    same = {"chosen_ids": p + a, "rejected_ids": p + a, "prompt_length": 2}
+    with pytest.raises(ArgumentError, match="row 1: chosen_ids and rejected_ids are identical"):
+        pairs_to_records([rows[0], same])

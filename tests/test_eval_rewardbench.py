@@ -174,6 +174,11 @@ def test_no_file_and_no_cache_is_a_clear_error(tmp_path, monkeypatch):
         RB.evaluate(WordCount(), None)
 
 
+def test_rewardbench2_needs_data():
+    with pytest.raises(ArgumentError, match="RewardBench 2 needs a file"):
+        RB.evaluate_best_of_n(WordCount(), None)
+
+
 def test_rewardbench2_scalar_best_of_4():
     res = RB.evaluate_best_of_n(WordCount(), SMALL2, progress=False)
     # Factuality: 4 words beats all (1), 2 words ties one rejected at the max (1/2); Math: 1 loses (0), 3 wins (1)

@@ -322,6 +322,8 @@ def pairs_to_records(rows: Iterable[Mapping]) -> list[dict]:
         key = tuple(c[:pl])
         rec = groups.get(key)
         resp_c, resp_r = tuple(c[pl:]), tuple(r[pl:])
+        if resp_c == resp_r:
+            raise ArgumentError(f"row {n}: chosen_ids and rejected_ids are identical (a self-comparison)")
         if rec is not None:
             seen = rec["_pairs"]
             i, j = rec["_index"].get(resp_c), rec["_index"].get(resp_r)
@@ -354,7 +356,7 @@ def pairs_to_records(rows: Iterable[Mapping]) -> list[dict]:
             del rec["margins"]
         else:
             rec["margins"] = [0.0 if m is None else m for m in rec["margins"]]
-        if len(rec["response_ids"]) < 2:  # chosen == rejected after the prompt: cannot happen (pl ≤ len − 1)
+        if len(rec["response_ids"]) < 2:  # defensive: identical chosen/rejected are refused above
             raise ArgumentError(f"prompt {rec['prompt_ids'][:8]}...: expected two different responses")
     return out
 

@@ -41,9 +41,15 @@ fn float_dtype(s: &CpuStorage, arg: &str) -> Result<DType> {
 /// `rot(v)[2l] = v[2l+1]`, `rot(v)[2l+1] = −v[2l]` over the last dimension: `⟨v_i, rot(v_j)⟩ = s(i ≻ j)`.
 pub fn rotate(v: &Tensor) -> Result<Tensor> {
     let dims = v.dims().to_vec();
-    let d = *dims.last().expect("at least one dimension");
+    let Some(&d) = dims.last() else {
+        bail!("v: expected at least one dimension [..., 2k], got a scalar");
+    };
+    if d % 2 != 0 {
+        bail!("v: expected an even last dimension 2k, got {d}");
+    }
     let mut pairs = dims.clone();
-    *pairs.last_mut().expect("non-empty") = d / 2;
+    pairs.pop();
+    pairs.push(d / 2);
     pairs.push(2);
     let p = v.reshape(pairs)?;
     let last = p.rank() - 1;
@@ -297,5 +303,10 @@ mod tests {
         let t = emb(4, 4, 1).t().unwrap();
         let e = preference_score(&t, &t).unwrap_err().to_string();
         assert!(e.contains("contiguous"), "{e}");
+        let scalar = Tensor::new(1f32, &Device::Cpu).unwrap();
+        let e = rotate(&scalar).unwrap_err().to_string();
+        assert!(e.contains("at least one dimension"), "{e}");
+        let e = rotate(&emb(3, 3, 9)).unwrap_err().to_string();
+        assert!(e.contains("even last dimension"), "{e}");
     }
 }

@@ -601,6 +601,11 @@ def evaluate_best_of_n(
     subset accuracies (the RB2 leaderboard average). Empty responses follow ``empty`` as in :func:`evaluate`
     (``"wrong"`` scores the row 0).
     """
+    if data is None:
+        raise ArgumentError(
+            "data: RewardBench 2 needs a file or rows in its schema (prompt, chosen, rejected list, subset); "
+            "it is not read from the allenai/reward-bench cache"
+        )
     empty = _empty_policy(empty)
     scorer = _Scorer(model, tokenizer, batch_size, bf16, progress)
     rows, source = _read_rows(data, "test")

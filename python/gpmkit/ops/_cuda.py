@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import _core
 from ..exceptions import DeviceError
-from ._cpu import _buf, _opt, _shape_of, _win_bufs
+from ._cpu import _buf, _opt, _refuse_double_backward, _shape_of, _win_bufs
 
 __all__ = ["available", "call", "warmup"]
 
@@ -203,6 +203,7 @@ _score_bwd_op = _define(
 
 
 def _score_backward(ctx, grad):
+    _refuse_double_backward(grad)
     v_i, v_j, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     ng = bool(n[2]) and gate is not None
@@ -245,6 +246,7 @@ _matrix_bwd_op = _define(
 
 
 def _matrix_backward(ctx, grad):
+    _refuse_double_backward(grad)
     v, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     ng = bool(n[1]) and gate is not None
@@ -295,6 +297,7 @@ _win_bwd_op = _define(
 
 
 def _win_backward(ctx, grad):
+    _refuse_double_backward(grad)
     v, weights, gate = ctx.saved_tensors
     n = ctx.needs_input_grad
     nw, ng = bool(n[1]) and weights is not None, bool(n[2]) and gate is not None
@@ -378,6 +381,7 @@ def _needs(ctx, tensors) -> list[bool]:
 
 
 def _gpm_backward(ctx, grad):
+    _refuse_double_backward(grad)
     tensors = ctx.saved_tensors[:5]
     tau, reduction = ctx.others[5:7]
     needs = _needs(ctx, tensors)
@@ -442,6 +446,7 @@ _bt_bwd_op = _define(
 
 
 def _bt_backward(ctx, grad):
+    _refuse_double_backward(grad)
     tensors = ctx.saved_tensors[:4]
     tau, reduction = ctx.others[4:6]
     needs = _needs(ctx, tensors)
@@ -510,6 +515,7 @@ _policy_bwd_op = _define(
 
 
 def _policy_backward(ctx, grad):
+    _refuse_double_backward(grad)
     tensors = ctx.saved_tensors[:4]
     needs = _needs(ctx, tensors)
     grads = _pick(_policy_bwd_op, grad)(grad, *tensors, *ctx.others[4:9], *needs)
