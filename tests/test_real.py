@@ -7,9 +7,11 @@ cache; they are skipped, not failed, when Debian's registry cannot be reached.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import lzma
+import pathlib
 import tarfile
 
 import numpy as np
@@ -105,6 +107,73 @@ def test_fetch_caches_and_refetches_corrupt_or_missing_files(tmp_path, monkeypat
     assert len(calls) == 4
 
 
+def _no_download(package, workdir):
+    raise AssertionError(f"unexpected download of {package}")
+
+
+def test_hand_populated_cache_is_accepted_without_a_download(tmp_path, monkeypatch):
+    # what the error message's by-hand instructions produce: <cache>/<package>/data/ and no manifest
+    monkeypatch.setattr(real, "_download_deb", _no_download)
+    data = tmp_path / "psychotools" / "data"
+    data.mkdir(parents=True)
+    (data / "A.rda").write_bytes(b"payload")
+    (data / "sub").mkdir()
+    (data / "sub" / "B.rds").write_bytes(b"more")
+    dest = real.fetch("psychotools", tmp_path)
+    assert dest == tmp_path / "psychotools" and (dest / "data" / "A.rda").read_bytes() == b"payload"
+    manifest = json.loads((dest / "MANIFEST.json").read_text())
+    assert manifest["origin"] == "manual"
+    assert manifest["files"] == {
+        "data/A.rda": hashlib.sha256(b"payload").hexdigest(),
+        "data/sub/B.rds": hashlib.sha256(b"more").hexdigest(),
+    }
+    assert real.fetch("psychotools", tmp_path) == dest  # now a valid cache: still no download
+
+
+def test_corrupt_manual_or_empty_cache_is_still_refetched(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(package, workdir):
+        calls.append(package)
+        return _fake_deb({PSY + "data/A.rda": b"payload"}), "fake"
+
+    monkeypatch.setattr(real, "_download_deb", fake_download)
+    (tmp_path / "psychotools" / "data").mkdir(parents=True)  # an empty data/ is not a manual install
+    real.fetch("psychotools", tmp_path)
+    assert len(calls) == 1
+    (tmp_path / "psychotools" / "data" / "A.rda").write_bytes(b"corrupt")  # manifest exists, files mismatch
+    real.fetch("psychotools", tmp_path)
+    assert len(calls) == 2 and (tmp_path / "psychotools" / "data" / "A.rda").read_bytes() == b"payload"
+
+
+def _ar(members: dict[str, bytes], size_field=None) -> bytes:
+    out = b"!<arch>\n"
+    for name, data in members.items():
+        size = f"{len(data) if size_field is None else size_field:<10}"
+        out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{size}`\n".encode() + data
+    return out
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _ar({"debian-binary": b"2.0\n", "data.tar.xz": b"not xz at all"}),  # lzma.LZMAError
+        _ar({"debian-binary": b"2.0\n", "data.tar.xz": lzma.compress(b"x" * 1000)[:20]}),  # truncated xz: EOFError
+        _ar({"debian-binary": b"2.0\n", "data.tar.xz": lzma.compress(b"not a tar file" * 50)}),  # tarfile.TarError
+        _ar({"debian-binary": b"2.0\n"}, size_field="12ab"),  # bad ar size field: ValueError
+        _ar({"debian-binary": b"2.0\n", "data.tar.gz": b"\x1f\x8bjunk"}),  # bad gzip
+    ],
+)
+def test_malformed_deb_raises_real_data_error(tmp_path, monkeypatch, payload):
+    monkeypatch.setattr(real, "_download_deb", lambda package, workdir: (payload, "fake-origin"))
+    with pytest.raises(real.RealDataError) as info:
+        real.fetch("psychotools", tmp_path)
+    msg = str(info.value)
+    assert "'psychotools'" in msg and "truncated or malformed" in msg and "fake-origin" in msg
+    assert "by hand" in msg and "apt-get download r-cran-psychotools" in msg
+    assert not (tmp_path / "psychotools").exists()
+
+
 def test_cache_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("GPMKIT_REAL_CACHE", str(tmp_path / "env"))
     assert real.cache_dir() == tmp_path / "env"
@@ -139,6 +208,12 @@ def test_mirror_fallback_checks_the_pinned_sha256(tmp_path, monkeypatch):
     monkeypatch.setattr(real.urllib.request, "urlopen", lambda url, timeout: Response(b"tampered"))
     with pytest.raises(real.RealDataError, match=r"SHA-256 .* differs from the pinned"):
         real.fetch("psychotools", tmp_path)
+
+
+def test_module_docstring_points_at_the_readme_not_outside_the_repo():
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    assert "../shared" not in real.__doc__ and 'README section "Real human pairwise data"' in real.__doc__
+    assert "## Real human pairwise data" in readme.read_text(encoding="utf-8")
 
 
 def test_unknown_names():

@@ -1,6 +1,6 @@
 """Real human pairwise-comparison data sets, fetched at run time from Debian's R packages.
 
-Five data sets with intransitive human preferences (``../shared/reference/offline.md`` §3):
+Five data sets with intransitive human preferences (see the README section "Real human pairwise data"):
 
 ==================  =======================  =====  ==========================================================
 name                package                  items  comparisons
@@ -20,7 +20,9 @@ directory (``cache_dir`` argument, else ``$GPMKIT_REAL_CACHE``, else ``~/.cache/
 ``apt-get download`` (falling back to the pinned ``.deb`` on ``deb.debian.org``, checked by SHA-256),
 unpacks its R ``data/`` directory in pure Python (a ``.deb`` is an ``ar`` archive holding
 ``data.tar.xz``; same result as ``dpkg-deb -x``) and records the SHA-256 of every file. A missing or
-corrupt cache file is re-fetched; R's files are parsed with ``rdata`` (no R needed).
+corrupt cache file is re-fetched; R's files are parsed with ``rdata`` (no R needed). A cache filled by
+hand (the package's ``data/`` directory copied to ``<cache>/<package>/data``, no manifest file) is accepted
+as it is: its files are hashed into a manifest marked ``"origin": "manual"``.
 
 **Sign conventions, checked against the packages' own documentation** (the ``.Rd`` pages and the
 ``psychotools-Ex.Rout.save`` inside the ``.deb``): a psychotools ``paircomp`` column labelled
@@ -271,6 +273,24 @@ def _extract_data_dir(deb: bytes, package: str) -> dict[str, bytes]:
     return files
 
 
+def _adopt_manual(dest: pathlib.Path) -> bool:
+    """Adopts a hand-populated ``dest/data`` (no manifest at all): hashes its files into a manifest whose
+    origin is ``"manual"``. Returns whether there was something to adopt (a ``data/`` directory with files).
+
+    A manifest that exists but does not match its files (or is unreadable) marks a corrupt fetch, not a
+    manual install, so it is left for :func:`fetch` to re-download."""
+    data_dir = dest / "data"
+    if (dest / _MANIFEST).exists() or not data_dir.is_dir():
+        return False
+    rels = [dest / "DESCRIPTION", *sorted(p for p in data_dir.rglob("*") if p.is_file())]
+    files = {p.relative_to(dest).as_posix(): _sha256(p.read_bytes()) for p in rels if p.is_file()}
+    if not any(rel.startswith("data/") for rel in files):
+        return False
+    manifest = {"origin": "manual", "files": files}
+    (dest / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return True
+
+
 def _valid(dest: pathlib.Path) -> bool:
     """Whether ``dest`` holds a complete, uncorrupted fetch (every file matches the manifest's SHA-256)."""
     try:
@@ -287,7 +307,9 @@ def fetch(package: str, cache: Optional[PathLike] = None, force: bool = False) -
     """The directory holding R package ``package``'s ``data/`` (``"psychotools"`` or ``"BradleyTerry2"``).
 
     Downloads and unpacks the Debian package when the cache lacks it, when any cached file is missing or
-    its SHA-256 differs from the manifest (corruption), or when ``force`` is true.
+    its SHA-256 differs from the manifest (corruption), or when ``force`` is true. A ``data/`` directory
+    installed by hand (no manifest; see the error message's instructions) is accepted without a download:
+    its files are hashed into a manifest with ``"origin": "manual"``.
 
     Raises:
         ArgumentError: unknown ``package``.
@@ -297,8 +319,14 @@ def fetch(package: str, cache: Optional[PathLike] = None, force: bool = False) -
         raise ArgumentError(f"package: expected one of {sorted(_PACKAGES)}, got {package!r}")
     root = cache_dir(cache)
     dest = root / package
-    if not force and _valid(dest):
-        return dest
+    if not force:
+        if _valid(dest):
+            return dest
+        try:
+            if _adopt_manual(dest):
+                return dest
+        except OSError as err:
+            raise RealDataError(f"cannot read the hand-installed data in {dest} ({err})") from None
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=f".{package}-") as tmp:
@@ -306,7 +334,13 @@ def fetch(package: str, cache: Optional[PathLike] = None, force: bool = False) -
             work = tmpdir / "download"
             work.mkdir()
             deb, origin = _download_deb(package, work)
-            files = _extract_data_dir(deb, package)
+            try:
+                files = _extract_data_dir(deb, package)
+            except (lzma.LZMAError, tarfile.TarError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
+                raise RealDataError(
+                    f"the downloaded .deb from {origin} is truncated or malformed ({type(err).__name__}: {err}); "
+                    "the download may have been cut short: run it again"
+                ) from None
             staged = tmpdir / package
             for rel, data in files.items():
                 (staged / rel).parent.mkdir(parents=True, exist_ok=True)
