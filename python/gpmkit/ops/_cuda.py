@@ -417,6 +417,16 @@ def _elementwise_bufs(ref: Tensor, tensors, needs) -> tuple[Tensor, ...]:
     return tuple(_buf(nd and t is not None, ref) for t, nd in zip(tensors, needs))
 
 
+def _elementwise_bwd(op: str, grad: Tensor, inputs: tuple, needs: tuple, scalars: tuple) -> tuple[Tensor, ...]:
+    """Backward of a loss over ``[N]`` inputs (BT, GPO/SPPO): a gradient buffer per needed input, one launch."""
+    ins = tuple(_prep(t) for t in inputs)
+    needs = [nd and t is not None for t, nd in zip(ins, needs)]
+    outs = _elementwise_bufs(ins[0], ins, needs)
+    tensors = (_grad(grad, ins[0]), *ins, *(_opt(nd, t) for nd, t in zip(needs, outs)))
+    _launch(op, ins[0], tensors, (ins[0].shape[0],), scalars)
+    return outs
+
+
 def _bt_bwd(
     grad: Tensor,
     r_chosen: Tensor,
@@ -430,12 +440,8 @@ def _bt_bwd(
     need_margin: bool,
     need_label: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    ins = tuple(_prep(t) for t in (r_chosen, r_rejected, margin, label))
-    needs = [nd and t is not None for t, nd in zip(ins, (need_chosen, need_rejected, need_margin, need_label))]
-    outs = _elementwise_bufs(ins[0], ins, needs)
-    tensors = (_grad(grad, ins[0]), *ins, *(_opt(nd, t) for nd, t in zip(needs, outs)))
-    _launch("bt_bwd", ins[0], tensors, (ins[0].shape[0],), (tau, _REDUCTIONS[reduction]))
-    return outs
+    inputs, needs = (r_chosen, r_rejected, margin, label), (need_chosen, need_rejected, need_margin, need_label)
+    return _elementwise_bwd("bt_bwd", grad, inputs, needs, (tau, _REDUCTIONS[reduction]))
 
 
 _bt_bwd_op = _define(
@@ -498,13 +504,8 @@ def _policy_bwd(
     need_target: bool,
     need_lengths: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    ins = tuple(_prep(t) for t in (logp, ref_logp, target, lengths))
-    needs = [nd and t is not None for t, nd in zip(ins, (need_logp, need_ref_logp, need_target, need_lengths))]
-    outs = _elementwise_bufs(ins[0], ins, needs)
-    tensors = (_grad(grad, ins[0]), *ins, *(_opt(nd, t) for nd, t in zip(needs, outs)))
-    scalars = _policy_scalars(beta, offset, gamma, clamp, reduction)
-    _launch("policy_bwd", ins[0], tensors, (ins[0].shape[0],), scalars)
-    return outs
+    inputs, needs = (logp, ref_logp, target, lengths), (need_logp, need_ref_logp, need_target, need_lengths)
+    return _elementwise_bwd("policy_bwd", grad, inputs, needs, _policy_scalars(beta, offset, gamma, clamp, reduction))
 
 
 _policy_bwd_op = _define(
