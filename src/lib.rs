@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cuda;
 pub mod error;
 pub mod fastmath;
+pub mod game;
 pub mod loss;
 pub mod parallel;
 pub mod score;

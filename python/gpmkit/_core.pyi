@@ -35,6 +35,7 @@ __all__ = [
     "cuda_warmup",
     "get_num_threads",
     "gpm_loss",
+    "maximin_strategy",
     "policy_loss",
     "preference_matrix",
     "preference_matrix_backward",
@@ -141,6 +142,14 @@ def policy_loss(
     grad_lengths: Optional[_Arr] = None,
 ) -> None:
     """Fused GPO/SPPO loss ``((logp − ref_logp)·lengths^{−γ} − clamp((target − offset)/β, ±clamp))²``."""
+
+def maximin_strategy(a: npt.NDArray[np.float64], max_iter: int, out: npt.NDArray[np.float64]) -> int:
+    """Maximin mixed strategy (von Neumann winner) of the symmetric zero-sum game with skew-symmetric payoff.
+
+    ``a: [K, K]`` float64 (``a = −aᵀ``, finite, K ≥ 1), written into ``out: [K]`` (``out ≥ 0``, ``Σ out = 1``).
+    Dense tableau simplex on ``a / max|a| + 2`` (Dantzig's rule, Bland's rule after K degenerate pivots);
+    returns the number of pivots. More than ``max_iter`` pivots raises ``ArgumentError``.
+    """
 
 def set_num_threads(n: int) -> None:
     """Threads of the kernels' own pool (0 = default: GPMKIT_NUM_THREADS, RAYON_NUM_THREADS or the CPU count)."""

@@ -5,7 +5,7 @@
 
 use crate::error::GpmError;
 use crate::loss::{self, PairLossGrads, PolicyLossGrads, PolicyLossParams, Reduction};
-use crate::{parallel, score, Real};
+use crate::{game, parallel, score, Real};
 use ndarray::Dimension;
 use numpy::{Element, PyArrayDescrMethods, PyReadonlyArray, PyReadwriteArray, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
@@ -482,6 +482,26 @@ fn policy_loss(
 
 // ---------------------------------------------------------------------------------------------------
 
+/// Maximin mixed strategy (von Neumann winner) of the symmetric zero-sum game with skew-symmetric payoff
+/// `a: [K, K]` (float64), written into `out: [K]`; returns the number of simplex pivots.
+#[pyfunction]
+#[pyo3(signature = (a, max_iter, out))]
+fn maximin_strategy(py: Python<'_>, a: &Bound<PyAny>, max_iter: usize, out: &Bound<PyAny>) -> PyResult<usize> {
+    let a = ro::<f64, Ix2>(a, "a")?;
+    let mut o = rw::<f64, Ix1>(out, "out")?;
+    let (a, mut o) = (a.as_array(), o.as_array_mut());
+    if o.len() != a.nrows() {
+        return Err(map_err(py, GpmError::shape("out", format!("[{}]", a.nrows()), format!("[{}]", o.len()))));
+    }
+    run(py, || {
+        let (p, pivots) = game::maximin_strategy(a, max_iter)?;
+        o.assign(&p);
+        Ok(pivots)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+
 /// Sets the number of threads of the kernels' own pool (0 = default). Results do not depend on it.
 #[pyfunction]
 fn set_num_threads(n: usize) {
@@ -524,6 +544,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gpm_loss, m)?)?;
     m.add_function(wrap_pyfunction!(bt_loss, m)?)?;
     m.add_function(wrap_pyfunction!(policy_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(maximin_strategy, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic, m)?)?;

@@ -20,7 +20,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..exceptions import ArgumentError, GPMError, ShapeError
+from .. import _core
+from ..exceptions import ArgumentError, ShapeError
 from .cycles import _resolve_kind, _square, _to_numpy
 
 __all__ = [
@@ -72,59 +73,6 @@ def _payoff(M: Any, kind: str) -> np.ndarray:
     return 0.5 * (arr - arr.T)
 
 
-def _simplex_max(B: np.ndarray, max_iter: int) -> tuple[np.ndarray, int]:
-    """``max 1ᵀy  s.t.  B y ≤ 1, y ≥ 0`` for ``B > 0`` by the tableau simplex.
-
-    ``B > 0`` makes the LP feasible (y = 0, slack basis) and bounded. Pivots use Dantzig's rule (most negative
-    reduced cost) while the objective improves; after ``m`` consecutive degenerate pivots the solver switches to
-    Bland's rule (lowest-index entering variable, lowest-index leaving variable among ratio ties) for good,
-    which rules out cycling, so it always terminates at an exact optimal basis.
-    """
-    m, n = B.shape
-    T = np.zeros((m + 1, n + m + 1))
-    T[:m, :n] = B
-    T[:m, n : n + m] = np.eye(m)
-    T[:m, -1] = 1.0
-    T[m, :n] = -1.0  # objective row: z − 1ᵀy = 0
-    basis = list(range(n, n + m))
-    eps = 1e-12
-    it = 0
-    bland = False
-    stalled = 0
-    while True:
-        reduced = T[m, :-1]
-        cand = np.flatnonzero(reduced < -eps)
-        if cand.size == 0:
-            break
-        if it >= max_iter:
-            raise GPMError(f"von_neumann_winner: simplex did not finish in max_iter={max_iter} pivots")
-        col = int(cand[0]) if bland else int(cand[np.argmin(reduced[cand])])
-        colv = T[:m, col]
-        pos = colv > eps
-        if not pos.any():  # pragma: no cover - impossible for B > 0 (bounded LP)
-            raise GPMError("von_neumann_winner: unbounded LP (internal error)")
-        ratios = np.full(m, np.inf)
-        ratios[pos] = T[:m, -1][pos] / colv[pos]
-        best = ratios.min()
-        ties = np.flatnonzero(ratios <= best + eps * max(1.0, abs(best)))
-        row = int(min(ties, key=lambda r: basis[r]))
-        if best <= eps:
-            stalled += 1
-            bland = bland or stalled >= m
-        else:
-            stalled = 0
-        pivot = T[row] / T[row, col]
-        T -= np.outer(T[:, col], pivot)
-        T[row] = pivot
-        basis[row] = col
-        it += 1
-    y = np.zeros(n)
-    for r, b in enumerate(basis):
-        if b < n:
-            y[b] = max(T[r, -1], 0.0)
-    return y, it
-
-
 def von_neumann_winner(M: Any, *, kind: str = "auto", max_iter: Optional[int] = None) -> VonNeumannResult:
     """Von Neumann winner (maximin mixed strategy) of the game with payoff ``M``.
 
@@ -133,29 +81,26 @@ def von_neumann_winner(M: Any, *, kind: str = "auto", max_iter: Optional[int] = 
     The strategy solves ``max_p min_j (pᵀA)_j`` over the simplex. With ``A`` normalised to ``max|A| = 1`` and
     ``B = A + 2 > 0``, the LP ``max 1ᵀy s.t. B y ≤ 1, y ≥ 0`` gives the column player's minimax strategy
     ``q = y / 1ᵀy``; for a skew-symmetric game that is also the row player's maximin strategy. Solved exactly
-    (up to floating point) by a dense tableau simplex (Dantzig's rule, Bland's rule after stalling, so it
-    terminates); ``gap`` certifies the result.
+    (up to floating point) by a dense tableau simplex in the Rust core (:func:`gpmkit._core.maximin_strategy`:
+    Dantzig's rule, Bland's rule after stalling, so it terminates); ``gap`` certifies the result.
 
     Examples: rock–paper–scissors → uniform; a Condorcet winner (beats every other response) → that response
     with probability 1; weighted RPS ``[[0, a, −b], [−a, 0, c], [b, −c, 0]]`` → ``(c, b, a)/(a + b + c)``.
 
     Raises:
         ShapeError / ArgumentError: not a square skew-symmetric score or probability matrix, or K = 0.
+        ArgumentError: non-finite payoffs, a bad ``max_iter``, or no optimum within ``max_iter`` pivots.
     """
     A = _payoff(M, kind)
     K = A.shape[0]
     if K == 0:
         raise ShapeError("M: expected at least one response (K ≥ 1), got a 0×0 matrix")
-    scale = float(np.max(np.abs(A)))
-    if scale == 0.0:  # every strategy is optimal: report the uniform one
-        p = np.full(K, 1.0 / K)
-        return VonNeumannResult(p=p, value=0.0, gap=0.0, iterations=0, payoff=A)
-    B = A / scale + 2.0
-    y, it = _simplex_max(B, max_iter if max_iter is not None else 50 * (K + 10) ** 2)
-    total = y.sum()
-    p = y / total
-    p = np.clip(p, 0.0, None)
-    p /= p.sum()
+    if max_iter is not None and not (isinstance(max_iter, (int, np.integer)) and max_iter >= 0):
+        raise ArgumentError(f"max_iter: expected an integer ≥ 0 or None, got {max_iter!r}")
+    p = np.empty(K)  # an all-zero payoff (every strategy optimal) gives the uniform strategy, 0 pivots
+    it = _core.maximin_strategy(
+        np.ascontiguousarray(A, dtype=np.float64), int(max_iter) if max_iter is not None else 50 * (K + 10) ** 2, p
+    )
     value = float(np.min(p @ A))
     gap = float(np.max(A @ p) - value)
     return VonNeumannResult(p=p, value=value, gap=max(gap, 0.0), iterations=it, payoff=A)
