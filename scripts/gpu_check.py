@@ -131,6 +131,50 @@ def check_correctness() -> None:
     )
 
 
+def check_fast_path() -> None:
+    """F.gpm_loss's shortcut for plain [N, 2k] inputs gives the general path's bits and gradients."""
+    g = torch.Generator(device=DEV).manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        for with_gate in (False, True):
+            vc, vr = (torch.randn(1001, 8, generator=g, device=DEV).to(dtype) for _ in range(2))
+            gate = torch.rand(1001, 4, generator=g, device=DEV).to(dtype) if with_gate else None
+            fast_ok = F._pair_fast_path(vc, vr, gate) is not None
+            results = []
+            for shortcut in (True, False):
+                saved = F._pair_fast_path
+                if not shortcut:
+                    F._pair_fast_path = lambda *a: None
+                try:
+                    xs = [t.clone().requires_grad_() for t in (vc, vr, gate) if t is not None]
+                    loss = F.gpm_loss(xs[0], xs[1], xs[2] if with_gate else None)
+                    results.append((loss, *torch.autograd.grad(loss, xs)))
+                finally:
+                    F._pair_fast_path = saved
+            same = all(torch.equal(a, b) for a, b in zip(*results))
+            report(f"gpm_loss shortcut == general path, {str(dtype)[6:]}, gate={with_gate}", fast_ok and same)
+
+
+def check_matrix_64bit_index() -> None:
+    """preference_matrix past 2^32 entries (the kernel's 64-bit index path; K odd, so not the 4-entry path):
+    1 × 65537² bfloat16 = 8 GiB."""
+    kk = (1 << 16) + 1
+    if torch.cuda.mem_get_info()[0] < 10 << 30:
+        print("SKIP  preference_matrix 64-bit index path: needs 10 GiB free")
+        return
+    g = torch.Generator(device=DEV).manual_seed(2)
+    v = torch.randn(1, kk, 2, generator=g, device=DEV).to(torch.bfloat16)
+    out = F.preference_matrix(v)[0]
+    i = torch.randint(0, kk, (4096,), generator=g, device=DEV)
+    j = torch.randint(0, kk, (4096,), generator=g, device=DEV)
+    i[-1], j[-1] = kk - 1, kk - 2  # the very last entries
+    x = v[0].float()
+    want = x[i, 0] * x[j, 1] - x[i, 1] * x[j, 0]
+    ok = torch.allclose(out[i, j].float(), want, rtol=1e-2, atol=1e-2)  # bfloat16 rounding of a float32 value
+    ok = ok and torch.allclose(out[kk - 1].float(), -out[:, kk - 1].float(), rtol=1e-2, atol=1e-2)
+    report("preference_matrix with 2^32 entries (64-bit index path), sampled entries", ok)
+    del out
+
+
 def check_dispatch() -> None:
     report("gpmkit.cuda_available()", gpmkit.cuda_available())
     impls = {op: active_impl(op, "cuda") for op in OPS}
@@ -252,6 +296,8 @@ def main() -> int:
     for check in (
         check_dispatch,
         check_correctness,
+        check_fast_path,
+        check_matrix_64bit_index,
         check_determinism,
         check_stream_ordering,
         check_graphs,

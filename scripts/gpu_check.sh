@@ -6,7 +6,9 @@
 # wheel from .whl/ into .site/ (no dependencies, no index), then prints: correctness of every CUDA op against
 # the float64 oracle (f32/bf16/f16/f64, awkward shapes, gradients), determinism, stream ordering without
 # host syncs, CUDA-graph capture/replay, memory_allocated growth, the GPU benchmark (markdown rows for
-# BENCHMARKS.md) and compute-sanitizer memcheck of one call. About 3-4 minutes on an H100.
+# BENCHMARKS.md), the host time per eager call piece by piece (benches/bench_cuda_host.py; GPU_CHECK_PROFILE=1
+# adds a cProfile) and compute-sanitizer memcheck of one call. About 3-4 minutes on an H100
+# (GPU_CHECK_QUICK=1: benchmark at B = 64K and 1M only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,8 +26,11 @@ $PY -c "import sys, torch, gpmkit; print('python', sys.version.split()[0], 'torc
 echo "== correctness, determinism, streams, graphs, memory"
 timeout 120 $PY scripts/gpu_check.py || status=1
 
+echo "== host time per call (what an eager training step pays)"
+timeout 60 $PY benches/bench_cuda_host.py ${GPU_CHECK_PROFILE:+--profile} || status=1
+
 echo "== benchmark"
-timeout 170 $PY benches/bench_cuda.py || status=1
+timeout 170 $PY benches/bench_cuda.py ${GPU_CHECK_QUICK:+--quick} || status=1
 echo "== compute-sanitizer --tool memcheck (one call of each loss/matrix op)"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -z "$san" ]; then

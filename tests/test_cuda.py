@@ -157,6 +157,15 @@ def test_every_launch_request_passes_the_plan_checks(monkeypatch):
         lambda: _cuda._bt_bwd(_cpu(n), m, lab, m, None, 1.0, "none", True, True, True, False),
         lambda: _cuda._policy(m, lab, m, lab.abs() + 1, 0.5, 0.0, 1.0, 2.0, "mean"),
         lambda: _cuda._policy_bwd(_cpu(()), m, lab, m, None, 0.5, 0.5, 0.0, None, "sum", True, True, True, False),
+        lambda: _cuda.gpm_loss_step(vi, vj, gate, 0.1, "mean"),
+        lambda: _cuda.gpm_loss_step(vi.requires_grad_(), vj, None, 0.1, "none"),  # through _GpmLoss
+        # the eager variants (None instead of placeholder gradients) send the same requests
+        lambda: _cuda._score_bwd_eager(_cpu(n), vi, vj, gate, True, False, True),
+        lambda: _cuda._matrix_bwd_eager(_cpu(b, kk, kk), v, None, True, False),
+        lambda: _cuda._win_bwd_eager(_cpu(b, kk), v, None, pg, False, False, True),
+        lambda: _cuda._gpm_bwd_eager(_cpu(()), vi, vj, None, m, None, 0.1, "sum", True, False, False, True, False),
+        lambda: _cuda._bt_bwd_eager(_cpu(n), m, lab, None, None, 1.0, "none", False, True, False, False),
+        lambda: _cuda._policy_bwd_eager(_cpu(()), m, lab, m, None, 0.5, 0.5, 0.0, None, "mean", True, *[False] * 3),
     ]
     for i, call in enumerate(calls):
         with pytest.raises(DeviceError, match="no CUDA driver"):
@@ -190,3 +199,22 @@ def test_cuda_kernels_match_the_oracle(dtype):
     torch.testing.assert_close(F.preference_matrix(v).double(), ref.preference_matrix(v.double()), atol=tol, rtol=tol)
     with pytest.raises(NotImplementedError, match="double backward"):
         torch.autograd.grad(F.gpm_loss(*xs), xs, create_graph=True)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("with_gate", [False, True])
+def test_gpm_loss_training_step_shortcut_matches_the_general_path(with_gate, monkeypatch):
+    vc, vr = (torch.randn(301, 8, device="cuda") for _ in range(2))
+    gate = torch.rand(301, 4, device="cuda") if with_gate else None
+    assert F._pair_fast_path(vc, vr, gate) is _cuda
+
+    def run():
+        xs = [t.clone().requires_grad_() for t in (vc, vr, gate) if t is not None]
+        loss = F.gpm_loss(xs[0], xs[1], xs[2] if with_gate else None)
+        return (loss, *torch.autograd.grad(loss, xs))
+
+    fast = run()
+    monkeypatch.setattr(F, "_pair_fast_path", lambda *a: None)
+    for a, b in zip(fast, run()):
+        assert torch.equal(a, b)

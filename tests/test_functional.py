@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import gpmkit
 import gpmkit._reference as R
 import gpmkit.functional as F
 import pytest
@@ -481,3 +482,48 @@ def test_mean_over_large_batch_reduces_in_float64():
     want = R.bt_loss(rc.double(), rr.double())
     # per-pair loss rounding (≈ 4·eps32 relative, averaging out) + the final rounding to float32
     assert abs(got - want) <= 4 * EPS[torch.float32] * abs(want)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("with_gate", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpm_loss_fast_path_matches_the_general_path(reduction, with_gate, dtype, monkeypatch):
+    """The training-step shortcut (plain [N, 2k] tensors, no margin/label) gives the same bits and gradients
+    as the general path, which it skips; anything unusual still takes the general path."""
+    g = torch.Generator().manual_seed(3)
+    vc, vr = (torch.randn(9, 6, generator=g, dtype=dtype) for _ in range(2))
+    gate = torch.rand(9, 3, generator=g, dtype=dtype) if with_gate else None
+    assert F._pair_fast_path(vc, vr, gate) is not None
+
+    def run():
+        xs = [t.clone().requires_grad_() for t in (vc, vr) + ((gate,) if with_gate else ())]
+        loss = F.gpm_loss(xs[0], xs[1], xs[2] if with_gate else None, tau=0.3, reduction=reduction)
+        return loss, torch.autograd.grad(loss.sum(), xs)
+
+    fast = run()
+    monkeypatch.setattr(F, "_pair_fast_path", lambda *a: None)
+    general = run()
+    assert torch.equal(fast[0], general[0])
+    for a, b in zip(fast[1], general[1]):
+        assert torch.equal(a, b)
+
+
+def test_gpm_loss_fast_path_declines_unusual_inputs(monkeypatch):
+    vc, vr = torch.randn(4, 6), torch.randn(4, 6)
+    assert F._pair_fast_path(vc, vr, None) is F._cpu
+    assert F._pair_fast_path(vc[None], vr[None], None) is None  # 3-D: broadcasting rules apply
+    assert F._pair_fast_path(vc, vr.double(), None) is None  # mixed dtypes: promotion
+    assert F._pair_fast_path(vc.half(), vr.half(), None) is None  # CPU kernels compute half in float32
+    assert F._pair_fast_path(vc, vr[:, :4], None) is None
+    assert F._pair_fast_path(vc[:, :5], vr[:, :5], None) is None  # odd width
+    assert F._pair_fast_path(vc, vr, torch.rand(4, 2)) is None  # gate of the wrong width
+    assert F._pair_fast_path(vc, vr, torch.rand(1, 3)) is None  # broadcast gate
+    assert F._pair_fast_path(vc, vr.to("meta"), None) is None
+    monkeypatch.setenv("GPMKIT_IMPL", "torch")
+    assert F._pair_fast_path(vc, vr, None) is None
+    # errors are still the general path's: a bad tau/reduction never takes the shortcut
+    monkeypatch.delenv("GPMKIT_IMPL")
+    with pytest.raises(gpmkit.exceptions.ArgumentError, match="tau"):
+        F.gpm_loss(vc, vr, tau=0.0)
+    with pytest.raises(gpmkit.exceptions.ArgumentError, match="reduction"):
+        F.gpm_loss(vc, vr, reduction="avg")

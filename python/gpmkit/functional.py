@@ -18,6 +18,7 @@ says which). Empty batches give empty results; ``reduction='mean'`` of an empty 
 from __future__ import annotations
 
 import math
+import os
 from numbers import Real
 from typing import Optional, Union
 
@@ -132,6 +133,37 @@ def _native(op: str, device: torch.device, dtype: torch.dtype):
     if impl == "torch":
         return None, None
     return (_cuda if impl == "cuda" else _cpu), _kernel_dtype(dtype, impl)
+
+
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _pair_fast_path(a, b, gate):
+    """The native kernels for the common case that needs no validation beyond these checks: plain
+    ``[N, 2k]`` tensors of one kernel dtype on one device, an optional ``[N, k]`` gate like them, no forced
+    implementation. ``None`` sends the call through the general path (checks, broadcasting, casts)."""
+    if type(a) is not Tensor or type(b) is not Tensor:
+        return None
+    shape = a.shape
+    if len(shape) != 2 or b.shape != shape or shape[1] % 2 or not shape[1]:
+        return None
+    dtype = a.dtype
+    if b.dtype is not dtype:
+        return None
+    if a.is_cuda:
+        if not b.is_cuda or b.get_device() != a.get_device():
+            return None
+        kernels = _cuda if dtype in _CUDA_DTYPES and _cuda.available() else None
+    elif a.is_cpu and b.is_cpu and (dtype is torch.float32 or dtype is torch.float64):
+        kernels = _cpu
+    else:
+        return None
+    if gate is not None:
+        if type(gate) is not Tensor or gate.shape != (shape[0], shape[1] // 2) or gate.dtype is not dtype:
+            return None
+        if gate.is_cuda != a.is_cuda or gate.get_device() != a.get_device():
+            return None
+    return None if os.environ.get("GPMKIT_IMPL") else kernels
 
 
 def _needs(*ts: Optional[Tensor]) -> list[bool]:
@@ -274,6 +306,13 @@ def gpm_loss(
         label: optional ``[...]`` soft label p ∈ [0, 1] = P(chosen ≻ rejected) (ties: 0.5); default 1.
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (per pair, shape ``[...]``).
     """
+    if margin is None and label is None and type(tau) is float and 0.0 < tau < math.inf and reduction in _REDUCTIONS:
+        kernels = _pair_fast_path(v_chosen, v_rejected, gate)  # a training step's call: skip the general checks
+        if kernels is _cuda:
+            return _cuda.gpm_loss_step(v_chosen, v_rejected, gate, tau, reduction)
+        if kernels is not None:
+            needs = _needs(v_chosen, v_rejected, gate, None, None)
+            return kernels.call("gpm_loss", v_chosen, v_rejected, gate, None, None, tau, reduction, *needs)
     v_chosen, v_rejected = _tensor(v_chosen, "v_chosen"), _tensor(v_rejected, "v_rejected")
     gate = None if gate is None else _tensor(gate, "gate")
     margin = None if margin is None else _tensor(margin, "margin", ref_tensor=v_chosen)

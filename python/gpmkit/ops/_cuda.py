@@ -24,9 +24,9 @@ from torch import Tensor
 
 from .. import _core
 from ..exceptions import DeviceError
-from ._cpu import _buf, _opt, _refuse_double_backward, _shape_of, _win_bufs
+from ._cpu import _buf, _empty, _opt, _refuse_double_backward, _shape_of, _win_bufs
 
-__all__ = ["available", "call", "warmup"]
+__all__ = ["available", "call", "gpm_loss_step", "warmup"]
 
 _LIB = "gpmkit"
 _DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -92,18 +92,26 @@ def _launch(op: str, ref: Tensor, tensors: tuple, sizes: tuple, scalars: tuple =
     dtype = _DTYPES.get(ref.dtype)
     if dtype is None:
         raise DeviceError(f"{op}: expected float32/float64/bfloat16/float16 CUDA tensors, got {ref.dtype}")
-    idx = _index(ref.device)
+    idx = ref.device.index
+    current = _current_device()
+    if idx is None:
+        idx = current
     ptrs = [0 if t is None else t.data_ptr() for t in tensors]
-    if idx == _current_device():
-        _core.cuda_launch(op, dtype, idx, _current_stream(idx), ptrs, list(sizes), list(scalars))
+    if idx == current:
+        _core.cuda_launch(op, dtype, idx, _current_stream(idx), ptrs, sizes, scalars)
     else:  # the launcher binds the device's primary context: keep torch's current device in step
         with torch.cuda.device(idx):
-            _core.cuda_launch(op, dtype, idx, _current_stream(idx), ptrs, list(sizes), list(scalars))
+            _core.cuda_launch(op, dtype, idx, _current_stream(idx), ptrs, sizes, scalars)
+
+
+@functools.lru_cache(maxsize=1024)
+def _scratch_bytes(op: str, dtype: str, sizes: tuple) -> int:
+    return max(int(_core.cuda_scratch_bytes(op, dtype, list(sizes))), 8)
 
 
 def _scratch(op: str, ref: Tensor, sizes: tuple) -> Tensor:
-    nbytes = _core.cuda_scratch_bytes(op, _DTYPES[ref.dtype], [int(s) for s in sizes])
-    return torch.empty(max(int(nbytes), 8), dtype=torch.uint8, device=ref.device)
+    nbytes = _scratch_bytes(op, _DTYPES[ref.dtype], tuple(int(x) for x in sizes))
+    return torch.empty(nbytes, dtype=torch.uint8, device=ref.device)
 
 
 def _grad(grad: Tensor, ref: Tensor) -> Tensor:
@@ -132,11 +140,24 @@ def call(op: str, *args) -> Tensor:
     return impl(*args)
 
 
-def _define(name: str, impl: Callable, fake: Callable) -> Callable:
+def _define(name: str, impl: Callable, fake: Callable, eager: Optional[Callable] = None) -> Callable:
+    """The custom operator ``gpmkit::cuda_<name>``; ``eager`` (default ``impl``) is what eager calls run:
+    for the backward operators a variant that returns ``None`` instead of allocating a placeholder for
+    each gradient nobody asked for (the custom-operator schema needs a tensor in every slot)."""
     op = torch.library.custom_op(f"{_LIB}::cuda_{name}", impl, mutates_args=(), device_types="cuda")
     op.register_fake(fake)
-    _IMPLS[op] = impl
+    _IMPLS[op] = impl if eager is None else eager
     return op
+
+
+def _fill(ref: Tensor, grads: tuple) -> tuple:
+    """``None`` gradients replaced by empty placeholders (the custom operators' fixed schema)."""
+    return tuple(_empty(ref) if g is None else g for g in grads)
+
+
+def _new(need: bool, ref: Tensor, shape=None) -> Optional[Tensor]:
+    """A gradient buffer shaped like ``ref`` (or ``shape``) when needed, else ``None``."""
+    return ref.new_empty(ref.shape if shape is None else shape) if need else None
 
 
 def _pick(op: Callable, probe: Tensor) -> Callable:
@@ -153,7 +174,8 @@ def _register(name: str, op: Callable, backward: Callable, n_args: int) -> None:
 
     def forward(ctx, *args):
         out = impl(*args)
-        _save_inputs(ctx, args, out)
+        ctx.save_for_backward(*(t if isinstance(t, Tensor) else None for t in args))
+        ctx.others = args  # backward reads only the non-tensor entries; tensors come from saved_tensors
         return out
 
     function = type(
@@ -180,15 +202,17 @@ def _score(v_i: Tensor, v_j: Tensor, gate: Optional[Tensor]) -> Tensor:
     return out
 
 
+def _score_bwd_eager(grad, v_i, v_j, gate, need_v_i, need_v_j, need_gate) -> tuple:
+    v_i, v_j, gate = _prep(v_i), _prep(v_j), _prep(gate)
+    gi, gj, gg = _new(need_v_i, v_i), _new(need_v_j, v_j), _new(need_gate and gate is not None, v_i, _shape_of(gate))
+    _launch("score_bwd", v_i, (_grad(grad, v_i), v_i, v_j, gate, gi, gj, gg), (v_i.shape[0], v_i.shape[1] // 2))
+    return gi, gj, gg
+
+
 def _score_bwd(
     grad: Tensor, v_i: Tensor, v_j: Tensor, gate: Optional[Tensor], need_v_i: bool, need_v_j: bool, need_gate: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    v_i, v_j, gate = _prep(v_i), _prep(v_j), _prep(gate)
-    need_gate = need_gate and gate is not None
-    gi, gj, gg = _buf(need_v_i, v_i), _buf(need_v_j, v_j), _buf(need_gate, v_i, _shape_of(gate))
-    tensors = (_grad(grad, v_i), v_i, v_j, gate, _opt(need_v_i, gi), _opt(need_v_j, gj), _opt(need_gate, gg))
-    _launch("score_bwd", v_i, tensors, (v_i.shape[0], v_i.shape[1] // 2))
-    return gi, gj, gg
+    return _fill(v_i, _score_bwd_eager(grad, v_i, v_j, gate, need_v_i, need_v_j, need_gate))
 
 
 _score_bwd_op = _define(
@@ -199,6 +223,7 @@ _score_bwd_op = _define(
         _buf(nj, v_j),
         _buf(ng and gate is not None, v_i, _shape_of(gate)),
     ),
+    _score_bwd_eager,
 )
 
 
@@ -227,21 +252,25 @@ def _matrix(v: Tensor, gate: Optional[Tensor]) -> Tensor:
     return out
 
 
+def _matrix_bwd_eager(grad, v, gate, need_v, need_gate) -> tuple:
+    v, gate = _prep(v), _prep(gate)
+    gv, gg = _new(need_v, v), _new(need_gate and gate is not None, v, _shape_of(gate))
+    b, kk, d = v.shape
+    _launch("matrix_bwd", v, (_grad(grad, v), v, gate, gv, gg), (b, kk, d // 2))
+    return gv, gg
+
+
 def _matrix_bwd(
     grad: Tensor, v: Tensor, gate: Optional[Tensor], need_v: bool, need_gate: bool
 ) -> tuple[Tensor, Tensor]:
-    v, gate = _prep(v), _prep(gate)
-    need_gate = need_gate and gate is not None
-    gv, gg = _buf(need_v, v), _buf(need_gate, v, _shape_of(gate))
-    b, kk, d = v.shape
-    _launch("matrix_bwd", v, (_grad(grad, v), v, gate, _opt(need_v, gv), _opt(need_gate, gg)), (b, kk, d // 2))
-    return gv, gg
+    return _fill(v, _matrix_bwd_eager(grad, v, gate, need_v, need_gate))
 
 
 _matrix_bwd_op = _define(
     "preference_matrix_backward",
     _matrix_bwd,
     lambda grad, v, gate, nv, ng: (_buf(nv, v), _buf(ng and gate is not None, v, _shape_of(gate))),
+    _matrix_bwd_eager,
 )
 
 
@@ -280,19 +309,22 @@ def _win_bwd(
     need_weights: bool,
     need_gate: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    return _fill(v, _win_bwd_eager(grad, v, weights, gate, need_v, need_weights, need_gate))
+
+
+def _win_bwd_eager(grad, v, weights, gate, need_v, need_weights, need_gate) -> tuple:
     v, weights, gate = _prep(v), _prep(weights), _prep(gate)
-    need_weights, need_gate = need_weights and weights is not None, need_gate and gate is not None
-    gv, gw, gg = _win_bufs(v, weights, gate, need_v, need_weights, need_gate)
+    gv = _new(need_v, v)
+    gw = _new(need_weights and weights is not None, v, _shape_of(weights))
+    gg = _new(need_gate and gate is not None, v, _shape_of(gate))
     b, kk, d = v.shape
     sizes = (b, kk, d // 2)
-    scratch = _scratch("win_bwd", v, sizes)
-    tensors = (_grad(grad, v), v, weights, gate, scratch, _opt(need_v, gv), _opt(need_weights, gw))
-    _launch("win_bwd", v, (*tensors, _opt(need_gate, gg)), sizes)
+    _launch("win_bwd", v, (_grad(grad, v), v, weights, gate, _scratch("win_bwd", v, sizes), gv, gw, gg), sizes)
     return gv, gw, gg
 
 
 _win_bwd_op = _define(
-    "win_score_backward", _win_bwd, lambda g, v, w, gate, nv, nw, ng: _win_bufs(v, w, gate, nv, nw, ng)
+    "win_score_backward", _win_bwd, lambda g, v, w, gate, nv, nw, ng: _win_bufs(v, w, gate, nv, nw, ng), _win_bwd_eager
 )
 
 
@@ -360,19 +392,27 @@ def _gpm_bwd(
     need_margin: bool,
     need_label: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    vc, vr, gate, margin, label = (_prep(t) for t in (v_chosen, v_rejected, gate, margin, label))
-    needs = (need_chosen, need_rejected, need_gate and gate is not None)
-    needs += (need_margin and margin is not None, need_label and label is not None)
-    outs = _gpm_bufs(vc, gate, margin, label, *needs)
-    tensors = (_grad(grad, vc), vc, vr, gate, margin, label, *(_opt(nd, t) for nd, t in zip(needs, outs)))
-    _launch("gpm_bwd", vc, tensors, (vc.shape[0], vc.shape[1] // 2), (tau, _REDUCTIONS[reduction]))
-    return outs
+    needs = (need_chosen, need_rejected, need_gate, need_margin, need_label)
+    grads = _gpm_bwd_eager(grad, v_chosen, v_rejected, gate, margin, label, tau, reduction, *needs)
+    return _fill(v_chosen, grads)
+
+
+def _gpm_bwd_eager(grad, v_chosen, v_rejected, gate, margin, label, tau, reduction, nc, nr, ng, nm, nl) -> tuple:
+    vc, vr, gate, margin, label = _prep(v_chosen), _prep(v_rejected), _prep(gate), _prep(margin), _prep(label)
+    n = vc.shape[0]
+    gc, gr = _new(nc, vc), _new(nr, vr)
+    gg = _new(ng and gate is not None, vc, _shape_of(gate))
+    gm, gl = _new(nm and margin is not None, vc, (n,)), _new(nl and label is not None, vc, (n,))
+    tensors = (_grad(grad, vc), vc, vr, gate, margin, label, gc, gr, gg, gm, gl)
+    _launch("gpm_bwd", vc, tensors, (n, vc.shape[1] // 2), (tau, _REDUCTIONS[reduction]))
+    return gc, gr, gg, gm, gl
 
 
 _gpm_bwd_op = _define(
     "gpm_loss_backward",
     _gpm_bwd,
     lambda grad, vc, vr, gate, margin, label, tau, red, *needs: _gpm_bufs(vc, gate, margin, label, *needs),
+    _gpm_bwd_eager,
 )
 
 
@@ -395,6 +435,41 @@ _gpm_op = _define(
     lambda vc, vr, gate, margin, label, tau, reduction: _loss_out(vc, vc.shape[0], reduction),
 )
 _register("gpm_loss", _gpm_op, _gpm_backward, 7)
+
+
+class _GpmLoss(torch.autograd.Function):
+    """Eager autograd of :func:`gpm_loss_step`: the training-step call (no margin, no label) with five
+    arguments instead of the general function's seven, and no per-argument bookkeeping."""
+
+    @staticmethod
+    def forward(ctx, v_chosen, v_rejected, gate, tau, reduction):
+        loss = _gpm(v_chosen, v_rejected, gate, None, None, tau, reduction)
+        ctx.save_for_backward(v_chosen, v_rejected, gate)
+        ctx.tau_reduction = (tau, reduction)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        _refuse_double_backward(grad)
+        vc, vr, gate = ctx.saved_tensors
+        nc, nr, ng = ctx.needs_input_grad[:3]
+        tau, reduction = ctx.tau_reduction
+        ng = ng and gate is not None
+        bwd = _pick(_gpm_bwd_op, grad)
+        gc, gr, gg, _, _ = bwd(grad, vc, vr, gate, None, None, tau, reduction, nc, nr, ng, False, False)
+        return (gc if nc else None), (gr if nr else None), (gg if ng else None), None, None
+
+
+def gpm_loss_step(v_chosen: Tensor, v_rejected: Tensor, gate: Optional[Tensor], tau: float, reduction: str) -> Tensor:
+    """``gpm_loss`` without margin and label on validated ``[N, 2k]`` CUDA tensors (``[N, k]`` gate): the
+    call of a training step, with as little host work as the autograd machinery allows."""
+    if torch.compiler.is_compiling():
+        return _gpm_op(v_chosen, v_rejected, gate, None, None, tau, reduction)
+    if torch.is_grad_enabled() and (
+        v_chosen.requires_grad or v_rejected.requires_grad or (gate is not None and gate.requires_grad)
+    ):
+        return _GpmLoss.apply(v_chosen, v_rejected, gate, tau, reduction)
+    return _gpm(v_chosen, v_rejected, gate, None, None, tau, reduction)
 
 
 def _bt(
@@ -420,10 +495,9 @@ def _elementwise_bufs(ref: Tensor, tensors, needs) -> tuple[Tensor, ...]:
 def _elementwise_bwd(op: str, grad: Tensor, inputs: tuple, needs: tuple, scalars: tuple) -> tuple[Tensor, ...]:
     """Backward of a loss over ``[N]`` inputs (BT, GPO/SPPO): a gradient buffer per needed input, one launch."""
     ins = tuple(_prep(t) for t in inputs)
-    needs = [nd and t is not None for t, nd in zip(ins, needs)]
-    outs = _elementwise_bufs(ins[0], ins, needs)
-    tensors = (_grad(grad, ins[0]), *ins, *(_opt(nd, t) for nd, t in zip(needs, outs)))
-    _launch(op, ins[0], tensors, (ins[0].shape[0],), scalars)
+    ref = ins[0]
+    outs = tuple(_new(nd and t is not None, ref) for t, nd in zip(ins, needs))
+    _launch(op, ref, (_grad(grad, ref), *ins, *outs), (ref.shape[0],), scalars)
     return outs
 
 
@@ -440,7 +514,12 @@ def _bt_bwd(
     need_margin: bool,
     need_label: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    inputs, needs = (r_chosen, r_rejected, margin, label), (need_chosen, need_rejected, need_margin, need_label)
+    needs = (need_chosen, need_rejected, need_margin, need_label)
+    return _fill(r_chosen, _bt_bwd_eager(grad, r_chosen, r_rejected, margin, label, tau, reduction, *needs))
+
+
+def _bt_bwd_eager(grad, r_chosen, r_rejected, margin, label, tau, reduction, *needs) -> tuple:
+    inputs = (r_chosen, r_rejected, margin, label)
     return _elementwise_bwd("bt_bwd", grad, inputs, needs, (tau, _REDUCTIONS[reduction]))
 
 
@@ -448,6 +527,7 @@ _bt_bwd_op = _define(
     "bt_loss_backward",
     _bt_bwd,
     lambda grad, rc, rr, m, lab, tau, red, *needs: _elementwise_bufs(rc, (rc, rr, m, lab), needs),
+    _bt_bwd_eager,
 )
 
 
@@ -504,7 +584,13 @@ def _policy_bwd(
     need_target: bool,
     need_lengths: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    inputs, needs = (logp, ref_logp, target, lengths), (need_logp, need_ref_logp, need_target, need_lengths)
+    needs = (need_logp, need_ref_logp, need_target, need_lengths)
+    grads = _policy_bwd_eager(grad, logp, ref_logp, target, lengths, beta, offset, gamma, clamp, reduction, *needs)
+    return _fill(logp, grads)
+
+
+def _policy_bwd_eager(grad, logp, ref_logp, target, lengths, beta, offset, gamma, clamp, reduction, *needs) -> tuple:
+    inputs = (logp, ref_logp, target, lengths)
     return _elementwise_bwd("policy_bwd", grad, inputs, needs, _policy_scalars(beta, offset, gamma, clamp, reduction))
 
 
@@ -512,6 +598,7 @@ _policy_bwd_op = _define(
     "policy_loss_backward",
     _policy_bwd,
     lambda grad, lp, rl, tg, ln, beta, off, gamma, clamp, red, *needs: _elementwise_bufs(lp, (lp, rl, tg, ln), needs),
+    _policy_bwd_eager,
 )
 
 

@@ -52,25 +52,77 @@ __device__ void score_bwd(const T* __restrict__ grad, const T* __restrict__ vi, 
 INSTANTIATE(score_bwd, SCORE_BWD_PARAMS, (grad, vi, vj, gate, gvi, gvj, ggate, n, k))
 
 // ---------------------------------------------------------------------------------------------------
-// K×K matrices: one thread per entry M[b, i, j]; the rows v_i, v_j are re-read from L1/L2.
+// K×K matrices. One thread per entry M[b, i, j] in general; when K is a multiple of 4, one thread per four
+// consecutive entries of a row (v_i loaded once, two 2-element stores). Index arithmetic is 32-bit
+// unsigned whenever the count fits (64-bit division is a long software sequence that made this
+// write-bound kernel compute-bound). Every path evaluates each entry with the same formula, block by block.
+template <typename T>
+__device__ __forceinline__ void matrix_entry(const T* __restrict__ v, const T* __restrict__ gate, T* __restrict__ out,
+                                             int64_t e, int64_t b, int K, int i, int j, int k) {
+    typedef typename Acc<T>::type A;
+    const T* vi = v + (b * K + i) * 2 * k;
+    const T* vj = v + (b * K + j) * 2 * k;
+    A s = 0;
+    for (int l = 0; l < k; ++l) {
+        P2<A> x = load2(vi + 2 * l), y = load2(vj + 2 * l);
+        A t = x.x * y.y - x.y * y.x;
+        s += gate ? t * to_acc(gate[b * k + l]) : t;
+    }
+    out[e] = from_acc<T>(s);
+}
+
+// M[b, i, j0 .. j0+3] (K % 4 == 0, j0 % 4 == 0): one load of v_i per block l for four outputs.
+template <typename T>
+__device__ __forceinline__ void matrix_quad(const T* __restrict__ v, const T* __restrict__ gate, T* __restrict__ out,
+                                            int64_t e, int64_t b, int K, int i, int j0, int k) {
+    typedef typename Acc<T>::type A;
+    const int64_t w = 2 * (int64_t)k;
+    const T* vi = v + (b * K + i) * w;
+    const T* vj = v + (b * K + j0) * w;
+    A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int l = 0; l < k; ++l) {
+        const P2<A> x = load2(vi + 2 * l);
+        const P2<A> y0 = load2(vj + 2 * l), y1 = load2(vj + w + 2 * l);
+        const P2<A> y2 = load2(vj + 2 * w + 2 * l), y3 = load2(vj + 3 * w + 2 * l);
+        const A t0 = x.x * y0.y - x.y * y0.x, t1 = x.x * y1.y - x.y * y1.x;
+        const A t2 = x.x * y2.y - x.y * y2.x, t3 = x.x * y3.y - x.y * y3.x;
+        if (gate) {
+            const A g = to_acc(gate[b * k + l]);
+            s0 += t0 * g, s1 += t1 * g, s2 += t2 * g, s3 += t3 * g;
+        } else {
+            s0 += t0, s1 += t1, s2 += t2, s3 += t3;
+        }
+    }
+    store2(out + e, s0, s1);
+    store2(out + e + 2, s2, s3);
+}
 
 template <typename T>
 __device__ void matrix_fwd(const T* __restrict__ v, const T* __restrict__ gate, T* __restrict__ out, int64_t B, int K,
                            int k) {
-    typedef typename Acc<T>::type A;
     const int64_t kk = (int64_t)K * K;
+    const int64_t step = (int64_t)gridDim.x * GPM_BLOCK;
+    const uint32_t first = blockIdx.x * GPM_BLOCK + threadIdx.x;
+    if ((K & 3) == 0 && B * (kk / 4) <= (int64_t)0xffffffffu - step) {  // quads; q + step cannot wrap
+        const uint32_t n = (uint32_t)(B * (kk / 4)), per = (uint32_t)(kk / 4), row = (uint32_t)(K / 4);
+        for (uint32_t q = first; q < n; q += (uint32_t)step) {
+            const uint32_t b = q / per, r = q - b * per, i = r / row;
+            matrix_quad(v, gate, out, 4 * (int64_t)q, b, K, (int)i, (int)(4 * (r - i * row)), k);
+        }
+        return;
+    }
+    if (B * kk <= (int64_t)0xffffffffu - step) {
+        const uint32_t n = (uint32_t)(B * kk), ukk = (uint32_t)kk, uK = (uint32_t)K;
+        for (uint32_t e = first; e < n; e += (uint32_t)step) {
+            const uint32_t b = e / ukk, r = e - b * ukk, i = r / uK;
+            matrix_entry(v, gate, out, e, b, K, (int)i, (int)(r - i * uK), k);
+        }
+        return;
+    }
     FOR_ITEMS(e, B * kk) {
         const int64_t b = e / kk;
         const int i = (int)((e - b * kk) / K), j = (int)(e - b * kk - (int64_t)i * K);
-        const T* vi = v + (b * K + i) * 2 * k;
-        const T* vj = v + (b * K + j) * 2 * k;
-        A s = 0;
-        for (int l = 0; l < k; ++l) {
-            P2<A> x = load2(vi + 2 * l), y = load2(vj + 2 * l);
-            A t = x.x * y.y - x.y * y.x;
-            s += gate ? t * to_acc(gate[b * k + l]) : t;
-        }
-        out[e] = from_acc<T>(s);
+        matrix_entry(v, gate, out, e, b, K, i, j, k);
     }
 }
 #define MATRIX_FWD_PARAMS(T) (const T* v, const T* gate, T* out, int64_t B, int K, int k)
