@@ -1,13 +1,15 @@
 """GPU benchmark of gpmkit's CUDA kernels against vectorised PyTorch, eager and ``torch.compile``.
 
-Usage (on a CUDA machine; ``scripts/gpu_check.sh`` runs it): ``python benches/bench_cuda.py [--quick]``.
+Usage (on a CUDA machine; ``scripts/gpu_check.sh`` runs it):
+``python benches/bench_cuda.py [--quick] [--only gpm_loss|preference_matrix]``.
 
 Measured, float32, no gate (plus one gated row):
 
 * ``gpm_loss`` forward+backward (``loss = F.gpm_loss(vc, vr); torch.autograd.grad(loss, (vc, vr))``) at
   B ∈ {64K, 1M, 4M} pairs, d ∈ {2, 8}; competitors: the vectorised PyTorch formulation
   (``gpmkit._reference.gpm_loss``) eager and under ``torch.compile`` (default settings);
-* ``preference_matrix`` forward over P prompts × K = 16 responses (P·K² = B entries), d ∈ {2, 8}.
+* ``preference_matrix`` forward over P prompts × K = 16 responses (P·K² = B entries), d ∈ {2, 8}, and
+  K = 64 at the largest B.
 
 Each case is measured twice: as ordinary eager calls (what a training loop sees, host overhead
 included: at these sizes both gpmkit and eager PyTorch are limited by Python/autograd launch overhead
@@ -127,6 +129,7 @@ def matrix_case(b: int, d: int, kk: int = 16):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="B = 64K and 1M only")
+    ap.add_argument("--only", choices=("gpm_loss", "preference_matrix"), help="run one operator's rows only")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     sizes = [1 << 16, 1 << 20] if args.quick else [1 << 16, 1 << 20, 1 << 22]
@@ -150,6 +153,11 @@ def main() -> int:
         for b in sizes:
             label = f"preference_matrix fwd, P={b // 256} K=16 d={d} (B={b} entries)"
             cases.append((label, lambda b=b, d=d: matrix_case(b, d)))
+    big = sizes[-1]  # K = 64: too many entries per prompt for the kernel's shared-memory tiles
+    label = f"preference_matrix fwd, P={big // 4096} K=64 d=8 (B={big} entries)"
+    cases.append((label, lambda: matrix_case(big, 8, 64)))
+    if args.only:
+        cases = [(label, make) for label, make in cases if label.startswith(args.only)]
     for label, make in cases:
         try:
             fns, nbytes = make()

@@ -52,9 +52,11 @@ __device__ void score_bwd(const T* __restrict__ grad, const T* __restrict__ vi, 
 INSTANTIATE(score_bwd, SCORE_BWD_PARAMS, (grad, vi, vj, gate, gvi, gvj, ggate, n, k))
 
 // ---------------------------------------------------------------------------------------------------
-// K×K matrices. One thread per entry M[b, i, j] in general; when K is a multiple of 4, one thread per four
-// consecutive entries of a row (v_i loaded once, two 2-element stores). Index arithmetic is 32-bit
-// unsigned whenever the count fits (64-bit division is a long software sequence that made this
+// K×K matrices, three paths chosen by K: four consecutive entries of a row per thread for K ∈ {4, 8, ..., 32}
+// (matrix_quad), shared-memory tiles for 32 < K ≤ 64 (matrix_tiles), else one thread per entry M[b, i, j]
+// with rows re-read from L1/L2. On an H100 (BENCHMARKS.md, 2026-11-27) the quads beat one entry per thread
+// and the tiles at K = 16, the tiles beat the quads at K = 64; other K were not timed. Index arithmetic is
+// 32-bit unsigned whenever the count fits (64-bit division is a long software sequence that made this
 // write-bound kernel compute-bound). Every path evaluates each entry with the same formula, block by block.
 template <typename T>
 __device__ __forceinline__ void matrix_entry(const T* __restrict__ v, const T* __restrict__ gate, T* __restrict__ out,
@@ -97,13 +99,69 @@ __device__ __forceinline__ void matrix_quad(const T* __restrict__ v, const T* __
     store2(out + e + 2, s2, s3);
 }
 
+// Populations with 32 < K ≤ 64 whose rows fit MATRIX_TILE_BYTES (any K² ≤ 2·MATRIX_TILE_ENTRIES works): a block handles a tile
+// of G = MATRIX_TILE_ENTRIES / K² consecutive prompts (at least one). It stages their rows, contiguous in v,
+// in shared memory with coalesced loads, then each thread computes entries t, t + GPM_BLOCK, ... of the
+// tile, which are contiguous in `out`: every global load and store is coalesced and each row is read from
+// HBM once. Rows are padded to an odd number of 2-element blocks, so the lanes of a warp reading different
+// rows hit different banks; (prompt, i, j) and (row, column) advance incrementally, without divisions.
+#define MATRIX_TILE_BYTES 16384
+#define MATRIX_TILE_ENTRIES 2048
+
+template <typename T>
+__device__ void matrix_tiles(const T* __restrict__ v, const T* __restrict__ gate, T* __restrict__ out, int64_t B, int K,
+                             int k) {
+    typedef typename Acc<T>::type A;
+    __shared__ __align__(16) unsigned char raw[MATRIX_TILE_BYTES];
+    A* rows = reinterpret_cast<A*>(raw);
+    const int kk = K * K, w = 2 * k, ws = (k & 1) ? w : w + 2;
+    const int G = kk >= MATRIX_TILE_ENTRIES ? 1 : MATRIX_TILE_ENTRIES / kk;
+    // this thread's first (prompt, i, j) and the step of GPM_BLOCK entries; the same for (row, column)
+    const int g0 = threadIdx.x / kk, i0 = (threadIdx.x - g0 * kk) / K, j0 = threadIdx.x - g0 * kk - i0 * K;
+    const int dg = GPM_BLOCK / kk, di = (GPM_BLOCK - dg * kk) / K, dj = GPM_BLOCK - dg * kk - di * K;
+    const int row0 = threadIdx.x / w, col0 = threadIdx.x - row0 * w;
+    const int drow = GPM_BLOCK / w, dcol = GPM_BLOCK - drow * w;
+    for (int64_t b0 = (int64_t)blockIdx.x * G; b0 < B; b0 += (int64_t)gridDim.x * G) {
+        const int groups = (int)min((int64_t)G, B - b0);
+        const int count = groups * K * w;
+        const T* src = v + b0 * K * w;
+        for (int x = threadIdx.x, row = row0, col = col0; x < count; x += GPM_BLOCK) {
+            rows[row * ws + col] = to_acc(src[x]);
+            row += drow, col += dcol;
+            if (col >= w) col -= w, ++row;
+        }
+        __syncthreads();
+        const int entries = groups * kk;
+        T* dst = out + b0 * kk;
+        for (int t = threadIdx.x, g = g0, i = i0, j = j0; t < entries; t += GPM_BLOCK) {
+            const A* vi = rows + (g * K + i) * ws;
+            const A* vj = rows + (g * K + j) * ws;
+            const T* lam = gate ? gate + (b0 + g) * k : nullptr;
+            A s = 0;
+            for (int l = 0; l < k; ++l) {
+                const P2<A> x = load2(vi + 2 * l), y = load2(vj + 2 * l);
+                const A t0 = x.x * y.y - x.y * y.x;
+                s += lam ? t0 * to_acc(lam[l]) : t0;
+            }
+            dst[t] = from_acc<T>(s);
+            g += dg, i += di, j += dj;
+            if (j >= K) j -= K, ++i;
+            if (i >= K) i -= K, ++g;
+        }
+        __syncthreads();
+    }
+}
+
 template <typename T>
 __device__ void matrix_fwd(const T* __restrict__ v, const T* __restrict__ gate, T* __restrict__ out, int64_t B, int K,
                            int k) {
+    typedef typename Acc<T>::type A;
     const int64_t kk = (int64_t)K * K;
     const int64_t step = (int64_t)gridDim.x * GPM_BLOCK;
     const uint32_t first = blockIdx.x * GPM_BLOCK + threadIdx.x;
-    if ((K & 3) == 0 && B * (kk / 4) <= (int64_t)0xffffffffu - step) {  // quads; q + step cannot wrap
+    // 4 entries per thread for K ∈ {4, 8, ..., 32}: a warp's quads then share few v_j rows (at K = 64 they
+    // would touch 32 rows per load, and the tiles are faster); measured on an H100 (BENCHMARKS.md)
+    if ((K & 3) == 0 && K <= 32 && B * (kk / 4) <= (int64_t)0xffffffffu - step) {  // q + step cannot wrap
         const uint32_t n = (uint32_t)(B * (kk / 4)), per = (uint32_t)(kk / 4), row = (uint32_t)(K / 4);
         for (uint32_t q = first; q < n; q += (uint32_t)step) {
             const uint32_t b = q / per, r = q - b * per, i = r / row;
@@ -111,7 +169,12 @@ __device__ void matrix_fwd(const T* __restrict__ v, const T* __restrict__ gate, 
         }
         return;
     }
-    if (B * kk <= (int64_t)0xffffffffu - step) {
+    const int64_t tile_rows = kk >= MATRIX_TILE_ENTRIES ? K : (MATRIX_TILE_ENTRIES / max(kk, (int64_t)1)) * K;
+    if (K > 32 && kk <= 2 * MATRIX_TILE_ENTRIES && tile_rows * (2 * k + 2) * (int64_t)sizeof(A) <= MATRIX_TILE_BYTES) {
+        matrix_tiles(v, gate, out, B, K, k);
+        return;
+    }
+    if (B * kk <= (int64_t)0xffffffffu - step) {  // e + step cannot wrap
         const uint32_t n = (uint32_t)(B * kk), ukk = (uint32_t)kk, uK = (uint32_t)K;
         for (uint32_t e = first; e < n; e += (uint32_t)step) {
             const uint32_t b = e / ukk, r = e - b * ukk, i = r / uK;
