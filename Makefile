@@ -7,6 +7,8 @@
 #   make wheel   abi3 wheel into dist/ (the tests install it into a fresh venv)
 #   make test-candle  the Candle CustomOps crate (crates/gpmkit-candle: fmt, clippy, tests, example); part of
 #                `make test` (a clean candle-core build takes ~6 min on 2 cores)
+#   make candle-cuda  the Candle crate's CUDA test binary (feature `cuda`; PyPI CUDA 13.0 wheels + a libcuda stub
+#                in ~/.cache/gpmkit/cuda13-candle, ~13 min of nvcc) → .whl/candle/ for scripts/candle_cuda_check.sh
 #   make ptx     regenerate the committed PTX of src/cuda/kernels/*.cu (pinned CUDA 13.0 nvcc from PyPI;
 #                `make lint` regenerates it into a temp dir, diffs it and runs ptxas -arch=sm_90: no GPU needed)
 
@@ -22,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup build demo test lint test-rust test-python bench bench-rust wheel clean help ptx ptx-check test-candle
+.PHONY: setup build demo test lint test-rust test-python bench bench-rust wheel clean help ptx ptx-check test-candle candle-cuda
 
 # CUDA 13.0 toolchain from PyPI wheels (no system CUDA): nvcc + cicc + headers, unpacked under the venv.
 CUDA_TOOLS := $(VENV)/cuda-13.0
@@ -85,6 +87,9 @@ demo: setup
 test-candle:
 	cd crates/gpmkit-candle && cargo fmt --check && cargo clippy --all-targets -- -D warnings \
 	  && cargo test && cargo run -q --example score_k_embeddings
+
+candle-cuda:
+	scripts/candle_cuda_build.sh
 
 bench: setup
 	$(PY) benches/bench_kernels.py --threads 2

@@ -1,22 +1,37 @@
 //! gpmkit's preference kernels as Candle [`CustomOp1`]/[`CustomOp2`]s on Candle tensors.
 //!
-//! The forward passes run gpmkit's Rust CPU kernels (the same code as the Python package's CPU path)
-//! over the tensors' contiguous f32/f64 storage; the backward passes are written with Candle tensor ops,
-//! so `Tensor::backward` works through them. Conventions (gpmkit DESIGN §1):
+//! Conventions (gpmkit DESIGN §1):
 //!
 //! ```text
 //! s(i ≻ j) = Σ_l (v_i[2l] v_j[2l+1] − v_i[2l+1] v_j[2l])       (no gate: λ = 1)
 //! ```
 //!
-//! CUDA tensors: not implemented here. Candle's own `cuda` feature links cuBLAS/cuRAND and needs nvcc at
-//! build time (see `rust-stack.md`); these ops return Candle's "no cuda implementation" error on CUDA
-//! tensors. gpmkit's PTX kernels (`src/cuda/kernels`) are launched on torch tensors by the Python package.
+//! What runs where:
+//!
+//! | pass | CPU tensors | CUDA tensors (cargo feature `cuda`) |
+//! |---|---|---|
+//! | forward | gpmkit's Rust CPU kernels (the Python package's CPU path), f32/f64 | gpmkit's committed PTX kernels (`src/cuda/kernels/*.ptx`, the Python package's CUDA path), launched through Candle's cudarc on the tensor's Candle stream; f32/f64/bf16/f16 |
+//! | backward | Candle tensor ops (`Tensor::backward` works) | the same Candle tensor ops, run by Candle's own CUDA kernels |
+//!
+//! Inputs must be contiguous (any start offset); other layouts are an error naming the argument.
+//!
+//! The `cuda` feature is off by default: it turns on `candle-core/cuda`, which needs nvcc and the CUDA
+//! libraries (cuBLAS, cuRAND, cudart, a driver or stub) at build time and links them
+//! (`scripts/candle_cuda_build.sh` builds it on a machine without a GPU; `rust-stack.md` §2 explains why
+//! the Python wheel does not use it). Without the feature, CUDA tensors get Candle's "no cuda
+//! implementation" error. The CUDA forward kernels reuse the root crate's launch planner
+//! ([`gpmkit::cuda::plan`]), so grids, block size and argument order are the ones the torch path uses.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use gpmkit::loss::{self, PairLossGrads, Reduction};
 use gpmkit::{score, Real};
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut3};
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 
 /// The contiguous data of one operand, as `F`.
 fn data<'a, F: WithDType>(s: &'a CpuStorage, l: &Layout, arg: &str) -> Result<&'a [F]> {
@@ -68,6 +83,15 @@ fn pair_width(l1: &Layout, l2: &Layout, a: &str, b: &str) -> Result<(usize, usiz
     Ok((s1[0], s1[1]))
 }
 
+/// `(B, K, 2k)` of a `[B, K, 2k]` operand.
+fn matrix_dims(l: &Layout) -> Result<(usize, usize, usize)> {
+    let dims = l.shape().dims();
+    if dims.len() != 3 || dims[2] == 0 || dims[2] % 2 != 0 {
+        bail!("v: expected shape [B, K, 2k] with k ≥ 1, got {dims:?}");
+    }
+    Ok((dims[0], dims[1], dims[2]))
+}
+
 /// `s(v_i ≻ v_j)` for rows `v_i, v_j: [N, 2k]` → `[N]`.
 pub struct PreferenceScore;
 
@@ -95,6 +119,11 @@ impl CustomOp2 for PreferenceScore {
         Ok((out, Shape::from(l1.shape().dims()[0])))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        cuda::preference_score(s1, l1, s2, l2)
+    }
+
     /// `∂s/∂v_i = rot(v_j)`, `∂s/∂v_j = −rot(v_i)`, each times the upstream gradient.
     fn bwd(&self, vi: &Tensor, vj: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.unsqueeze(1)?;
@@ -107,11 +136,7 @@ pub struct PreferenceMatrix;
 
 impl PreferenceMatrix {
     fn run<F: Real + WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = l.shape().dims();
-        if dims.len() != 3 || dims[2] == 0 || dims[2] % 2 != 0 {
-            bail!("v: expected shape [B, K, 2k] with k ≥ 1, got {dims:?}");
-        }
-        let (b, kk, d) = (dims[0], dims[1], dims[2]);
+        let (b, kk, d) = matrix_dims(l)?;
         let v = ArrayView3::from_shape((b, kk, d), data::<F>(s, l, "v")?).expect("checked shape");
         let mut out = vec![F::zero(); b * kk * kk];
         let view = ArrayViewMut3::from_shape((b, kk, kk), &mut out[..]).expect("sized above");
@@ -130,6 +155,11 @@ impl CustomOp1 for PreferenceMatrix {
             DType::F32 => Self::run::<f32>(s, l),
             _ => Self::run::<f64>(s, l),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        cuda::preference_matrix(s, l)
     }
 
     /// With `A = G − Gᵀ`: `∂/∂v = rot(A v)` (batched over prompts).
@@ -175,6 +205,11 @@ impl CustomOp2 for GpmLoss {
             _ => self.run::<f64>(s1, l1, s2, l2)?,
         };
         Ok((out, Shape::from(())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        cuda::gpm_loss(self.tau, s1, l1, s2, l2)
     }
 
     /// `∂ℓ/∂s_n = (σ(s_n/τ) − 1)/(τ N)`, chained through [`PreferenceScore`]'s gradient.
