@@ -17,15 +17,16 @@ if [ ! -f "$GZ" ]; then
     exit 2
 fi
 
-# torch's CUDA 13 libraries: <site-packages>/nvidia/cu13/lib (found without importing torch)
+# torch's CUDA 13 libraries: <site-packages>/nvidia/cu13/lib (found without importing torch), then any other
+# <site-packages>/nvidia/*/lib holding shared libraries (older per-library wheel layouts), joined with ':'
 LIB=$($PY - <<'PY' 2>/dev/null
-import importlib.util, os
+import glob, importlib.util, os
 spec = importlib.util.find_spec("nvidia")
-for root in (spec.submodule_search_locations if spec else []):
-    lib = os.path.join(root, "cu13", "lib")
-    if os.path.exists(os.path.join(lib, "libcublas.so.13")):
-        print(lib)
-        break
+roots = list(spec.submodule_search_locations) if spec else []
+dirs = [os.path.join(r, "cu13", "lib") for r in roots if os.path.exists(os.path.join(r, "cu13", "lib", "libcublas.so.13"))]
+if dirs:
+    dirs += [d for r in roots for d in sorted(glob.glob(os.path.join(r, "*", "lib"))) if glob.glob(os.path.join(d, "*.so*"))]
+print(":".join(dict.fromkeys(dirs)))
 PY
 )
 if [ -z "$LIB" ]; then
@@ -47,7 +48,7 @@ if [ -n "$missing" ]; then
 fi
 ldd "$BIN" | grep -E "libcuda\.|libcublas|libcurand|libcudart|libnvrtc" | sed 's/^\s*/  /'
 
-GPMKIT_REQUIRE_CUDA=1 RUST_BACKTRACE=1 timeout 50 "$BIN" --test-threads=2
+GPMKIT_REQUIRE_CUDA=1 RUST_BACKTRACE=0 timeout 50 "$BIN" --test-threads=2
 rc=$?
 [ "$rc" = 124 ] && echo "timed out after 50 s"
 echo "== candle CUDA tests exit status $rc"

@@ -58,12 +58,13 @@ fn read_ptr<'a>(s: &'a CudaStorage, l: &Layout, arg: &str, stream: &'a CudaStrea
 
 /// Device address of a freshly allocated output (write access).
 fn write_ptr<'a>(s: &'a mut CudaStorage, stream: &'a CudaStream) -> Result<(u64, SyncOnDrop<'a>)> {
+    let dtype = s.dtype();
     Ok(match &mut s.slice {
         CudaStorageSlice::F32(x) => x.device_ptr_mut(stream),
         CudaStorageSlice::F64(x) => x.device_ptr_mut(stream),
         CudaStorageSlice::BF16(x) => x.device_ptr_mut(stream),
         CudaStorageSlice::F16(x) => x.device_ptr_mut(stream),
-        _ => bail!("internal: output of unexpected dtype {:?}", s.dtype()),
+        _ => bail!("internal: output of unexpected dtype {dtype:?}"),
     })
 }
 

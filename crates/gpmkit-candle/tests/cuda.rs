@@ -4,22 +4,30 @@
 //! `GPMKIT_REQUIRE_CUDA=1`, which turns a missing device into a failure (the GPU check sets it).
 #![cfg(feature = "cuda")]
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Device, Result, Tensor, Var};
 use gpmkit_candle::{gpm_loss, preference_matrix, preference_score};
 
-/// CUDA device 0, or `None` (with a printed reason) when there is none.
+/// CUDA device 0 (opened once and shared by the tests: one cuBLAS handle, PTX modules loaded once), or
+/// `None` (with a printed reason) when there is none.
 fn cuda() -> Option<Device> {
-    let got = std::panic::catch_unwind(|| Device::new_cuda(0));
-    let why = match got {
-        Ok(Ok(d)) => return Some(d),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "Device::new_cuda(0) panicked".to_string(),
-    };
-    if std::env::var("GPMKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
-        panic!("GPMKIT_REQUIRE_CUDA=1 but no CUDA device: {why}");
+    static DEVICE: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
+    let got = DEVICE.get_or_init(|| match std::panic::catch_unwind(|| Device::new_cuda(0)) {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Device::new_cuda(0) panicked".to_string()),
+    });
+    match got {
+        Ok(d) => Some(d.clone()),
+        Err(why) => {
+            if std::env::var("GPMKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("GPMKIT_REQUIRE_CUDA=1 but no CUDA device: {why}");
+            }
+            println!("SKIP: no CUDA device ({})", why.lines().next().unwrap_or(""));
+            None
+        }
     }
-    println!("SKIP: no CUDA device ({})", why.lines().next().unwrap_or(""));
-    None
 }
 
 /// Deterministic pseudo-random values in [-1, 1] (f64, CPU).
