@@ -115,7 +115,22 @@ fn score_forward_respects_the_start_offset_and_refuses_strided_layouts() -> Resu
 #[test]
 fn matrix_forward_matches_cpu() -> Result<()> {
     let Some(dev) = cuda() else { return Ok(()) };
-    for (b, kk, k) in [(1, 1, 1), (1, 4, 3), (2, 3, 1), (3, 7, 5), (2, 5, 40), (64, 9, 2)] {
+    // the kernel picks a path by K: 4 entries per thread (K ≤ 32, K % 4 == 0), shared-memory tiles
+    // (32 < K ≤ 64), one entry per thread otherwise; k above a warp (40) and many prompts (B = 64)
+    let cases = [
+        (1, 1, 1),
+        (2, 3, 1),
+        (3, 7, 5),
+        (64, 9, 2),
+        (1, 4, 3),
+        (3, 16, 1),
+        (2, 20, 40),
+        (2, 33, 3),
+        (1, 64, 5),
+        (1, 64, 40),
+        (2, 65, 2),
+    ];
+    for (b, kk, k) in cases {
         for dt in FLOATS {
             let (v, v64) = put(&emb(&[b, kk, 2 * k], 7), dt, &dev);
             let got = preference_matrix(&v)?;
