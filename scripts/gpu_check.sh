@@ -7,7 +7,8 @@
 # the float64 oracle (f32/bf16/f16/f64, awkward shapes, gradients), determinism, stream ordering without
 # host syncs, CUDA-graph capture/replay, memory_allocated growth, the GPU benchmark (markdown rows for
 # BENCHMARKS.md), the host time per eager call piece by piece (benches/bench_cuda_host.py; GPU_CHECK_PROFILE=1
-# adds a cProfile) and compute-sanitizer memcheck of one call. About 3-4 minutes on an H100
+# adds a cProfile), compute-sanitizer memcheck of one call and, when .whl/candle/ holds the test binary
+# built by scripts/candle_cuda_build.sh, the Candle CustomOps' CUDA tests. About 3-4 minutes on an H100
 # (GPU_CHECK_QUICK=1: benchmark at B = 64K and 1M only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,13 @@ if [ -n "$san" ]; then
     rc=${PIPESTATUS[0]}; echo "compute-sanitizer exit code: $rc"; [ "$rc" = 0 ] || status=1
 else
     echo "SKIP: compute-sanitizer not found (PATH, /usr/local/cuda*/bin, site-packages/nvidia)"
+fi
+
+echo "== Candle CustomOps on CUDA (crates/gpmkit-candle --features cuda)"
+if [ -f .whl/candle/gpmkit_candle_cuda_tests.gz ]; then
+    timeout 90 bash scripts/candle_cuda_check.sh || status=1
+else
+    echo "SKIP: no .whl/candle/gpmkit_candle_cuda_tests.gz (build it with scripts/candle_cuda_build.sh)"
 fi
 
 echo "== gpu_check.sh exit status $status"
