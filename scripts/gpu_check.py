@@ -83,8 +83,8 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> float:
 def check_correctness() -> None:
     g = torch.Generator(device=DEV).manual_seed(0)
     # (n, k, K): batch 1/37/…, k 1/3/65; K also picks the matrix kernel's path: 4 entries per thread (K = 16, 20),
-    # shared-memory tiles (K = 64), one thread per entry (K = 1, 5, 7)
-    shapes = [(1, 1, 1), (37, 3, 5), (1000, 65, 7), (4099, 4, 16), (53, 2, 20), (40, 3, 64)]
+    # shared-memory tiles (K = 64, odd and even k: rows padded differently), one thread per entry (K = 1, 5, 7)
+    shapes = [(1, 1, 1), (37, 3, 5), (1000, 65, 7), (4099, 4, 16), (53, 2, 20), (40, 3, 64), (30, 4, 64)]
     for op in OPS:
         for n, k, kk in shapes:
             if op in ("preference_matrix", "win_score"):

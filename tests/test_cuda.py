@@ -203,18 +203,23 @@ def test_cuda_kernels_match_the_oracle(dtype):
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("with_gate", [False, True])
-def test_gpm_loss_training_step_shortcut_matches_the_general_path(with_gate, monkeypatch):
+def test_gpm_loss_training_step_shortcut_matches_the_general_path(with_gate, reduction, monkeypatch):
     vc, vr = (torch.randn(301, 8, device="cuda") for _ in range(2))
     gate = torch.rand(301, 4, device="cuda") if with_gate else None
+    up = torch.randn(301, device="cuda") if reduction == "none" else torch.tensor(0.7, device="cuda")
     assert F._pair_fast_path(vc, vr, gate) is _cuda
 
     def run():
         xs = [t.clone().requires_grad_() for t in (vc, vr, gate) if t is not None]
-        loss = F.gpm_loss(xs[0], xs[1], xs[2] if with_gate else None)
-        return (loss, *torch.autograd.grad(loss, xs))
+        loss = F.gpm_loss(xs[0], xs[1], xs[2] if with_gate else None, reduction=reduction)
+        return (loss, *torch.autograd.grad(loss, xs, up))
 
     fast = run()
+    xs = [vc.clone().requires_grad_(), vr.clone().requires_grad_()]
+    with pytest.raises(NotImplementedError, match="double backward"):  # the shortcut's autograd function too
+        torch.autograd.grad(F.gpm_loss(*xs), xs, create_graph=True)
     monkeypatch.setattr(F, "_pair_fast_path", lambda *a: None)
     for a, b in zip(fast, run()):
         assert torch.equal(a, b)

@@ -519,6 +519,7 @@ def test_gpm_loss_fast_path_declines_unusual_inputs(monkeypatch):
     assert F._pair_fast_path(vc, vr, torch.rand(4, 2)) is None  # gate of the wrong width
     assert F._pair_fast_path(vc, vr, torch.rand(1, 3)) is None  # broadcast gate
     assert F._pair_fast_path(vc, vr.to("meta"), None) is None
+    assert F._pair_fast_path(vc, vr, torch.rand(4, 3, device="meta")) is None  # same index (-1), other device
     monkeypatch.setenv("GPMKIT_IMPL", "torch")
     assert F._pair_fast_path(vc, vr, None) is None
     # errors are still the general path's: a bad tau/reduction never takes the shortcut

@@ -161,7 +161,7 @@ def _pair_fast_path(a, b, gate):
     if gate is not None:
         if type(gate) is not Tensor or gate.shape != (shape[0], shape[1] // 2) or gate.dtype is not dtype:
             return None
-        if gate.is_cuda != a.is_cuda or gate.get_device() != a.get_device():
+        if not (gate.is_cuda and gate.get_device() == a.get_device() if a.is_cuda else gate.is_cpu):
             return None
     return None if os.environ.get("GPMKIT_IMPL") else kernels
 

@@ -166,7 +166,7 @@ fn signature(op: &str) -> Result<(&'static [&'static str], &'static [&'static st
             2,
             0,
         ),
-        "matrix_fwd" => (&["v", "gate", "out"], &["v"], 3, 0),
+        "matrix_fwd" => (&["v", "gate", "out"], &["v", "out"], 3, 0),
         "matrix_bwd" => (&["grad", "v", "gate", "grad_v", "grad_gate"], &["v", "grad_v"], 3, 0),
         "win_fwd" => (&["v", "weights", "gate", "scratch", "out"], &["v"], 3, 0),
         "win_bwd" => (
@@ -597,6 +597,9 @@ mod tests {
         assert!(e.contains("ptrs") && e.contains("7 pointers"), "{e}");
         let e = plan(&req("score_fwd", &[4, 8, 0, 8], &[1, 1], &[])).unwrap_err().to_string();
         assert!(e.contains("v_i") && e.contains("aligned to 8"), "{e}");
+        // the matrix kernel stores two outputs at a time (four-entry path): `out` must be pair-aligned too
+        let e = plan(&req("matrix_fwd", &[8, 0, 12], &[1, 4, 1], &[])).unwrap_err().to_string();
+        assert!(e.contains("out") && e.contains("aligned to 8"), "{e}");
         let e = plan(&req("gpm_fwd", &[0; 7], &[1, 1], &[0.0, 1.0])).unwrap_err().to_string();
         assert!(e.contains("tau"), "{e}");
         let e = plan(&req("gpm_fwd", &[0; 7], &[1, 1], &[0.1, 3.0])).unwrap_err().to_string();

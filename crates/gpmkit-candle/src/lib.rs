@@ -13,7 +13,8 @@
 //! | forward | gpmkit's Rust CPU kernels (the Python package's CPU path), f32/f64 | gpmkit's committed PTX kernels (`src/cuda/kernels/*.ptx`, the Python package's CUDA path), launched through Candle's cudarc on the tensor's Candle stream; f32/f64/bf16/f16 |
 //! | backward | Candle tensor ops (`Tensor::backward` works) | the same Candle tensor ops, run by Candle's own CUDA kernels |
 //!
-//! Inputs must be contiguous (any start offset); other layouts are an error naming the argument.
+//! Inputs must be contiguous (any start offset on CPU; on CUDA the offset must keep the 2-element alignment
+//! of the kernels' paired loads); other layouts are an error naming the argument.
 //!
 //! The `cuda` feature is off by default: it turns on `candle-core/cuda`, which needs nvcc and the CUDA
 //! libraries (cuBLAS, cuRAND, cudart, a driver or stub) at build time and links them

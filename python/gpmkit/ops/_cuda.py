@@ -175,7 +175,7 @@ def _register(name: str, op: Callable, backward: Callable, n_args: int) -> None:
     def forward(ctx, *args):
         out = impl(*args)
         ctx.save_for_backward(*(t if isinstance(t, Tensor) else None for t in args))
-        ctx.others = args  # backward reads only the non-tensor entries; tensors come from saved_tensors
+        ctx.others = tuple(None if isinstance(t, Tensor) else t for t in args)  # tensors only via saved_tensors
         return out
 
     function = type(

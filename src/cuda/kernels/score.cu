@@ -170,7 +170,8 @@ __device__ void matrix_fwd(const T* __restrict__ v, const T* __restrict__ gate, 
         return;
     }
     const int64_t tile_rows = kk >= MATRIX_TILE_ENTRIES ? K : (MATRIX_TILE_ENTRIES / max(kk, (int64_t)1)) * K;
-    if (K > 32 && kk <= 2 * MATRIX_TILE_ENTRIES && tile_rows * (2 * k + 2) * (int64_t)sizeof(A) <= MATRIX_TILE_BYTES) {
+    if (K > 32 && k > 0 && kk <= 2 * MATRIX_TILE_ENTRIES &&
+        tile_rows * (2 * (int64_t)k + 2) * (int64_t)sizeof(A) <= MATRIX_TILE_BYTES) {
         matrix_tiles(v, gate, out, B, K, k);
         return;
     }
