@@ -174,8 +174,7 @@ def _register(name: str, op: Callable, backward: Callable, n_args: int) -> None:
 
     def forward(ctx, *args):
         out = impl(*args)
-        ctx.save_for_backward(*(t if isinstance(t, Tensor) else None for t in args))
-        ctx.others = tuple(None if isinstance(t, Tensor) else t for t in args)  # tensors only via saved_tensors
+        _save_inputs(ctx, args, out)
         return out
 
     function = type(
