@@ -247,19 +247,17 @@ def _bench_real(args: argparse.Namespace) -> int:
 
 def add_subparser(subparsers: Any, formatter_class: Any) -> None:
     """Adds ``gpmkit bench`` (subcommand ``real``) to the ``gpmkit`` parser."""
-    bench = subparsers.add_parser(
+    from .cli import command_group
+
+    _, bench_sub = command_group(
+        subparsers,
         "bench",
-        formatter_class=formatter_class,
+        formatter_class,
+        dest="bench_command",
+        metavar="<benchmark>",
         help="benchmarks (bench real: BT vs GPM on real human pairwise data)",
         description="Benchmarks. 'gpmkit bench real' compares Bradley-Terry and GPM on real human comparisons.",
     )
-    bench_sub = bench.add_subparsers(dest="bench_command", metavar="<benchmark>")
-
-    def _no_sub(args: argparse.Namespace) -> int:
-        bench.print_help(sys.stderr)
-        return 2
-
-    bench.set_defaults(func=_no_sub)
     real = bench_sub.add_parser(
         "real",
         formatter_class=formatter_class,

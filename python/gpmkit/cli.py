@@ -253,6 +253,20 @@ def _score(args: argparse.Namespace) -> int:
 # parser and entry point
 
 
+def command_group(subparsers: Any, name: str, formatter_class: Any, *, dest: str, metavar: str, **kw: Any):
+    """A subcommand that only groups others (``gpmkit eval …``, ``gpmkit bench …``): returns the parser and its
+    subparsers; given no subcommand it prints its help to stderr and exits with status 2. ``kw``: ``help``,
+    ``description`` of ``add_parser``."""
+    group = subparsers.add_parser(name, formatter_class=formatter_class, **kw)
+
+    def _no_command(args: argparse.Namespace) -> int:
+        group.print_help(sys.stderr)
+        return 2
+
+    group.set_defaults(func=_no_command)
+    return group, group.add_subparsers(dest=dest, metavar=metavar)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)

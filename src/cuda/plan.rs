@@ -302,6 +302,8 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
     }
     let p = |name: &str| -> u64 { req.ptrs[names.iter().position(|n| *n == name).expect("known name")] };
     let ptr = |name: &str| Arg::Ptr(p(name));
+    // the pointers in signature order (= the kernel's, for the ops with one kernel), from pointer `from` on
+    let ptrs_from = |from: usize| -> Vec<Arg> { req.ptrs[from..].iter().map(|&q| Arg::Ptr(q)).collect() };
     let mut b = Builder { req, launches: Vec::new() };
     let s = req.sizes;
     match req.op {
@@ -310,28 +312,18 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
             let g = group_size(k);
             match req.op {
                 "score_fwd" => {
-                    let args = vec![
-                        ptr("v_i"),
-                        ptr("v_j"),
-                        ptr("gate"),
-                        ptr("out"),
-                        Arg::I64(n),
-                        Arg::I32(k as i32),
-                        Arg::I32(g),
-                    ];
+                    let args = [ptrs_from(0), vec![Arg::I64(n), Arg::I32(k as i32), Arg::I32(g)]].concat();
                     b.push("score_fwd", Module::Score, row_grid(n, g), args);
                 }
                 "score_bwd" => {
-                    let args = ["grad", "v_i", "v_j", "gate", "grad_v_i", "grad_v_j", "grad_gate"].map(ptr).to_vec();
-                    let args = [args, vec![Arg::I64(n), Arg::I32(k as i32)]].concat();
+                    let args = [ptrs_from(0), vec![Arg::I64(n), Arg::I32(k as i32)]].concat();
                     b.push("score_bwd", Module::Score, grid_for(n * k), args);
                 }
                 "gpm_fwd" => {
                     let (inv_tau, red) = loss_params(req.scalars)?;
                     let grid = row_grid(n, g);
                     let mode = i32::from(red != Reduce::None);
-                    let mut args =
-                        ["v_chosen", "v_rejected", "gate", "margin", "label", "loss", "scratch"].map(ptr).to_vec();
+                    let mut args = ptrs_from(0);
                     args.extend([Arg::I64(n), Arg::I32(k as i32), Arg::I32(g), Arg::F64(inv_tau), Arg::I32(mode)]);
                     b.push("gpm_fwd", Module::Loss, grid, args);
                     finish(&mut b, red, n, grid, p("scratch"), p("loss"));
@@ -339,21 +331,7 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
                 _ => {
                     let (inv_tau, red) = loss_params(req.scalars)?;
                     let mut args = bwd_head(p("grad"), red, n);
-                    args.extend(
-                        [
-                            "v_chosen",
-                            "v_rejected",
-                            "gate",
-                            "margin",
-                            "label",
-                            "grad_chosen",
-                            "grad_rejected",
-                            "grad_gate",
-                            "grad_margin",
-                            "grad_label",
-                        ]
-                        .map(ptr),
-                    );
+                    args.extend(ptrs_from(1));
                     args.extend([Arg::I64(n), Arg::I32(k as i32), Arg::I32(g), Arg::F64(inv_tau)]);
                     b.push("gpm_bwd", Module::Loss, row_grid(n, g), args);
                 }
@@ -365,7 +343,7 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
             let g = group_size(k);
             match req.op {
                 "matrix_fwd" => {
-                    let args = [vec![ptr("v"), ptr("gate"), ptr("out")], dims.to_vec()].concat();
+                    let args = [ptrs_from(0), dims.to_vec()].concat();
                     b.push("matrix_fwd", Module::Score, grid_for(bb * kk * kk), args);
                 }
                 "matrix_bwd" => {
@@ -406,25 +384,13 @@ pub fn plan(req: &Request<'_>) -> Result<Vec<Launch>> {
             let (inv_tau, red) = loss_params(req.scalars)?;
             if req.op == "bt_fwd" {
                 let grid = loss_grid(n);
-                let mut args = ["r_chosen", "r_rejected", "margin", "label", "loss", "scratch"].map(ptr).to_vec();
+                let mut args = ptrs_from(0);
                 args.extend([Arg::I64(n), Arg::F64(inv_tau), Arg::I32(i32::from(red != Reduce::None))]);
                 b.push("bt_fwd", Module::Loss, grid, args);
                 finish(&mut b, red, n, grid, p("scratch"), p("loss"));
             } else {
                 let mut args = bwd_head(p("grad"), red, n);
-                args.extend(
-                    [
-                        "r_chosen",
-                        "r_rejected",
-                        "margin",
-                        "label",
-                        "grad_chosen",
-                        "grad_rejected",
-                        "grad_margin",
-                        "grad_label",
-                    ]
-                    .map(ptr),
-                );
+                args.extend(ptrs_from(1));
                 args.extend([Arg::I64(n), Arg::F64(inv_tau)]);
                 b.push("bt_bwd", Module::Loss, grid_for(n), args);
             }

@@ -202,9 +202,14 @@ def _items_args(p: argparse.ArgumentParser) -> None:
 
 def add_subparser(sub: Any, fmt: Any) -> None:
     """Add ``gpmkit eval {rewardbench,rank,cycles}`` to the ``gpmkit`` subparsers."""
-    ev = sub.add_parser(
+    from ..cli import command_group
+
+    _, evsub = command_group(
+        sub,
         "eval",
-        formatter_class=fmt,
+        fmt,
+        dest="eval_command",
+        metavar="<eval command>",
         help="evaluate a reward model: RewardBench, rankings / von Neumann winner, cyclicity",
         description=(
             "Evaluate and analyse a trained GPM: 'rewardbench' scores RewardBench data (official section weights), "
@@ -212,13 +217,6 @@ def add_subparser(sub: Any, fmt: Any) -> None:
             "the intransitivity of the K×K preference matrix (cyclic triads, Hodge decomposition, block spectrum)."
         ),
     )
-    evsub = ev.add_subparsers(dest="eval_command", metavar="<eval command>")
-
-    def _help(args: argparse.Namespace) -> int:
-        ev.print_help(sys.stderr)
-        return 2
-
-    ev.set_defaults(func=_help)
 
     rb = evsub.add_parser(
         "rewardbench",
