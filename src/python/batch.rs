@@ -428,23 +428,25 @@ pub(super) fn batch_store_from_lists<'py>(
         }
         rec_pair_offsets.push(flat_pairs.len() as i64 / 2);
     }
+    validated_store(py, [tokens, seg_offsets, rec_prompt, rec_resp_offsets, resp_seg, rec_pair_offsets, flat_pairs])
+}
+
+/// Checks a store's seven arrays (`Store::validate`, errors naming the array) and returns them as numpy arrays
+/// in `Store` field order.
+fn validated_store(py: Python<'_>, a: [Vec<i64>; 7]) -> PyResult<Bound<'_, PyTuple>> {
     {
         let v = Store {
-            tokens: &tokens,
-            seg_offsets: &seg_offsets,
-            rec_prompt: &rec_prompt,
-            rec_resp_offsets: &rec_resp_offsets,
-            resp_seg: &resp_seg,
-            rec_pair_offsets: &rec_pair_offsets,
-            pairs: &flat_pairs,
+            tokens: &a[0],
+            seg_offsets: &a[1],
+            rec_prompt: &a[2],
+            rec_resp_offsets: &a[3],
+            resp_seg: &a[4],
+            rec_pair_offsets: &a[5],
+            pairs: &a[6],
         };
         run(py, || v.validate())?;
     }
-    PyTuple::new(
-        py,
-        [tokens, seg_offsets, rec_prompt, rec_resp_offsets, resp_seg, rec_pair_offsets, flat_pairs]
-            .map(|x| x.into_pyarray(py).into_any()),
-    )
+    PyTuple::new(py, a.map(|x| x.into_pyarray(py).into_any()))
 }
 
 /// Builds a K = 2 store from TRL rows: `chosen_ids[b]`, `rejected_ids[b]` (full sequences) and
@@ -522,22 +524,6 @@ pub(super) fn batch_store_from_pairs<'py>(
     let resp_seg: Vec<i64> = (0..n as i64).flat_map(|b| [3 * b + 1, 3 * b + 2]).collect();
     let rec_pair_offsets: Vec<i64> = (0..=n as i64).collect();
     let pairs: Vec<i64> = (0..n).flat_map(|_| [0i64, 1]).collect();
-    {
-        let v = Store {
-            tokens: &tokens,
-            seg_offsets: &seg_offsets,
-            rec_prompt: &rec_prompt,
-            rec_resp_offsets: &rec_resp_offsets,
-            resp_seg: &resp_seg,
-            rec_pair_offsets: &rec_pair_offsets,
-            pairs: &pairs,
-        };
-        // a chosen or rejected that is all prompt has an empty response: named by validate
-        run(py, || v.validate())?;
-    }
-    PyTuple::new(
-        py,
-        [tokens, seg_offsets, rec_prompt, rec_resp_offsets, resp_seg, rec_pair_offsets, pairs]
-            .map(|x| x.into_pyarray(py).into_any()),
-    )
+    // a chosen or rejected that is all prompt has an empty response: named by validate
+    validated_store(py, [tokens, seg_offsets, rec_prompt, rec_resp_offsets, resp_seg, rec_pair_offsets, pairs])
 }
